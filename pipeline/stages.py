@@ -1,0 +1,109 @@
+"""A stage runner with cached outputs.
+
+Each stage is a shortcot CLI run as a subprocess (`python -m pkg.cli ...`): stages compose
+through paths, never through each other's in-memory objects (ARCHITECTURE.md), so any
+stage can be rerun, cached, resumed or published on its own, and a crash in one stage
+cannot leave another's state inconsistent.
+
+A stage is skipped when its output exists and was made with the same settings: the
+settings (the exact command line plus anything else that determines the output) are
+hashed and recorded in ``<workdir>/.stages/<name>.json`` after the stage succeeds. An
+output made with other settings is rebuilt (the stage CLI is given ``--force``); an
+interrupted stage left no output (every CLI writes atomically), so it simply runs again
+and the stage's own resume logic (generation records, trainer checkpoints) picks up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifacts.errors import ShortcotError
+from artifacts.outdir import atomic_write_text
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline.
+
+    name:     short label, also the cache key's file name.
+    module:   the CLI module (``python -m module``).
+    args:     its arguments (without ``--force``).
+    output:   the folder the stage produces; its existence marks completion.
+    settings: extra values that determine the output but are not in ``args``
+              (e.g. the content of a config file).
+    force_flag: the flag the CLI takes to overwrite an existing output.
+    """
+
+    name: str
+    module: str
+    args: list[str]
+    output: Path
+    settings: dict = field(default_factory=dict)
+    force_flag: str | None = "--force"
+
+    def key(self) -> str:
+        blob = json.dumps({"module": self.module, "args": self.args, "settings": self.settings}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def command(self, force: bool) -> list[str]:
+        cmd = [sys.executable, "-m", self.module, *self.args]
+        if force and self.force_flag:
+            cmd.append(self.force_flag)
+        return cmd
+
+
+def stage_is_current(stage: Stage, state_dir: Path) -> bool:
+    """True when the stage's output exists and was made with the same settings."""
+    record = state_dir / f"{stage.name}.json"
+    if not stage.output.exists() or not record.exists():
+        return False
+    try:
+        return json.loads(record.read_text()).get("key") == stage.key()
+    except json.JSONDecodeError:
+        return False
+
+
+def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = None) -> str:
+    """Run ``stage`` unless it is current; returns "cached" or "ran".
+
+    The CLI's output streams to the terminal (its progress bars included) and to
+    ``<log_dir>/<name>.log``. A failing stage raises `ShortcotError` naming the log.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if stage_is_current(stage, state_dir):
+        print(f"[pipeline] {stage.name}: up to date ({stage.output}), skipped", flush=True)
+        return "cached"
+    force = stage.output.exists()  # made with other settings, or by hand: rebuild
+    cmd = stage.command(force)
+    print(f"[pipeline] {stage.name}: {' '.join(cmd[1:])}", flush=True)
+    log_path = log_dir / f"{stage.name}.log"
+    start = time.time()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise ShortcotError(
+            f"stage {stage.name} failed (exit {code}); see {log_path}, fix the cause and rerun: "
+            "finished stages are kept"
+        )
+    seconds = time.time() - start
+    atomic_write_text(
+        state_dir / f"{stage.name}.json",
+        json.dumps({"key": stage.key(), "command": cmd[1:], "seconds": round(seconds, 1)}, indent=2),
+    )
+    print(f"[pipeline] {stage.name}: done in {seconds:.0f} s", flush=True)
+    return "ran"

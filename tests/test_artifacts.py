@@ -1,0 +1,131 @@
+"""The shared plumbing: typed configs, atomic outputs, resumable JSONL, cards, Hub upload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+
+from artifacts.cards import write_dataset_card, write_model_card
+from artifacts.config import load_config, parse_overrides
+from artifacts.errors import ShortcotError
+from artifacts.hub import push_folder, resolve_local
+from artifacts.jsonl import JsonlAppender, read_jsonl
+from artifacts.outdir import atomic_output_dir, check_free_space
+
+
+@dataclasses.dataclass
+class Inner:
+    alpha: float = 0.5
+    names: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Cfg:
+    lr: float = 1e-6
+    steps: int = 10
+    use_lora: bool = False
+    mode: str = "dler"
+    target: int | None = None
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-5\nsteps: 20\ninner:\n  alpha: 0.25\n")
+    cfg = load_config(Cfg, path, ["steps=30", "use_lora=true", "inner.names=[a,b]", "target=48"])
+    assert cfg.lr == 1e-5 and cfg.steps == 30 and cfg.use_lora is True
+    assert cfg.inner.alpha == 0.25 and cfg.inner.names == ["a", "b"] and cfg.target == 48
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ShortcotError, match="unknown config key.*lrr"):
+        load_config(Cfg, None, ["lrr=1"])
+    with pytest.raises(ShortcotError, match="steps: expected int"):
+        load_config(Cfg, None, ["steps=abc"])
+    with pytest.raises(ShortcotError, match="not key=value"):
+        parse_overrides(["steps"])
+    with pytest.raises(ShortcotError, match="does not exist"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_atomic_output_dir_moves_on_success_and_cleans_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not out.exists()
+    assert (out / "a.txt").read_text() == "1"
+    with pytest.raises(ShortcotError, match="--force"):
+        with atomic_output_dir(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(out, force=True) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").exists() and not (out / "b.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left
+    with atomic_output_dir(out, force=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_free_space_check(tmp_path):
+    check_free_space(tmp_path / "x" / "y", 1)
+    with pytest.raises(ShortcotError, match="not enough disk space"):
+        check_free_space(tmp_path, 10**18)
+
+
+def test_jsonl_resume_skips_torn_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with JsonlAppender(path) as w:
+        w.write({"i": 0})
+        w.write({"i": 1})
+    with path.open("a") as f:
+        f.write('{"i": 2')  # interrupted mid-write
+    assert [r["i"] for r in read_jsonl(path)] == [0, 1]
+
+
+def test_cards_have_front_matter(tmp_path):
+    write_model_card(tmp_path, "M", "merged", {"density": 0.25}, base_model="org/base", tags=["merge"])
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("---") and "base_model: org/base" in text and '"density": 0.25' in text
+    d = tmp_path / "d"
+    d.mkdir()
+    write_dataset_card(d, "D", "compressed", {"strategy": "shortest-correct"}, stats_table="| a |")
+    assert "compressed-cot" in (d / "README.md").read_text()
+
+
+def test_resolve_local_folder_and_offline_error(tmp_path, monkeypatch):
+    assert resolve_local(tmp_path) == tmp_path
+    with pytest.raises(ShortcotError, match="does not exist"):
+        resolve_local(tmp_path / "nope")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ShortcotError, match="cannot find model 'org/missing-model'"):
+        resolve_local("org/missing-model")
+
+
+def test_push_folder_uses_api_without_network(tmp_path):
+    api = mock.Mock()
+    api.create_repo.return_value = "https://hf.co/me/x"
+    assert push_folder(tmp_path, "me/x", private=True, api=api) == "https://hf.co/me/x"
+    api.create_repo.assert_called_once_with("me/x", private=True, repo_type="model", exist_ok=True)
+    assert api.upload_folder.call_args.kwargs["repo_id"] == "me/x"
+    api.upload_folder.side_effect = OSError("401")
+    with pytest.raises(ShortcotError, match="hf auth login"):
+        push_folder(tmp_path, "me/x", api=api)
+
+
+def test_run_cli_prints_one_line_and_exits_2():
+    code = (
+        "from artifacts.errors import run_cli, ShortcotError\n"
+        "def main(argv):\n    raise ShortcotError('bad density 2.0;\\n use a value in (0, 1]')\n"
+        "run_cli(main)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: bad density 2.0; use a value in (0, 1]"]
+    assert json.dumps(proc.stdout) == '""'
