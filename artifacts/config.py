@@ -72,7 +72,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError
             return tp(value)
         except (TypeError, ValueError):
-            raise ShortcotError(f"config key {key}: expected {tp.__name__}, got {value!r}") from None
+            raise ShortcotError(
+                f"config key {key}: expected {tp.__name__}, got {value!r}"
+            ) from None
     return value
 
 
@@ -94,7 +96,9 @@ def parse_overrides(overrides: list[str]) -> dict:
     out: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ShortcotError(f"override {item!r} is not key=value; write e.g. learning_rate=1e-5")
+            raise ShortcotError(
+                f"override {item!r} is not key=value; write e.g. learning_rate=1e-5"
+            )
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
         node = out
@@ -112,13 +116,17 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> T:
     """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides (applied last)."""
     values: dict = {}
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise ShortcotError(f"config file {p} does not exist; check the path (recipes live in configs/)")
+            raise ShortcotError(
+                f"config file {p} does not exist; check the path (recipes live in configs/)"
+            )
         loaded = yaml.safe_load(p.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ShortcotError(f"config file {p} must hold a mapping of key: value")

@@ -28,7 +28,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: nothing was moved into place; rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: nothing was moved into place; rerun the same command to resume",
+            file=sys.stderr,
+        )
         sys.exit(130)
     sys.exit(code or 0)

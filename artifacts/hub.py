@@ -73,7 +73,10 @@ def push_folder(
     try:
         url = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
         api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=commit_message
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            commit_message=commit_message,
         )
     except Exception as err:
         raise ShortcotError(

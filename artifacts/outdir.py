@@ -21,9 +21,13 @@ def check_output(out: str | os.PathLike, force: bool) -> Path:
     """Fail early (before any work) if ``out`` exists and ``force`` is not set."""
     out = Path(out)
     if out.exists() and not force:
-        raise ShortcotError(f"output {out} already exists; pass --force to overwrite it or choose another --out")
+        raise ShortcotError(
+            f"output {out} already exists; pass --force to overwrite it or choose another --out"
+        )
     if out.exists() and not out.is_dir():
-        raise ShortcotError(f"output {out} exists and is not a folder; remove it or choose another --out")
+        raise ShortcotError(
+            f"output {out} exists and is not a folder; remove it or choose another --out"
+        )
     return out
 
 

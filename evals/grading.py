@@ -133,9 +133,13 @@ def get_grader(name: str) -> Grader:
 
     target = GRADERS.get(name, name)
     if ":" not in target:
-        raise ShortcotError(f"unknown grader {name!r}; use one of {sorted(GRADERS)} or module:function")
+        raise ShortcotError(
+            f"unknown grader {name!r}; use one of {sorted(GRADERS)} or module:function"
+        )
     module, _, attr = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ShortcotError(f"cannot load grader {target!r} ({err}); check the module:function name") from err
+        raise ShortcotError(
+            f"cannot load grader {target!r} ({err}); check the module:function name"
+        ) from err

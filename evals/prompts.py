@@ -8,7 +8,9 @@ the same defaults work on it and on real reasoning models.
 
 from __future__ import annotations
 
-DEFAULT_PROMPT_TEMPLATE = "{problem}\nLet's think step by step and output the final answer within \\boxed{{}}."
+DEFAULT_PROMPT_TEMPLATE = (
+    "{problem}\nLet's think step by step and output the final answer within \\boxed{{}}."
+)
 
 
 def format_problem(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
@@ -16,7 +18,9 @@ def format_problem(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str
     return template.format(problem=problem)
 
 
-def build_messages(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE, system: str | None = None) -> list[dict]:
+def build_messages(
+    problem: str, template: str = DEFAULT_PROMPT_TEMPLATE, system: str | None = None
+) -> list[dict]:
     """The chat messages of one problem: an optional system turn and the user turn."""
     msgs = [{"role": "system", "content": system}] if system else []
     msgs.append({"role": "user", "content": format_problem(problem, template)})

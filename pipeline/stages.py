@@ -39,6 +39,9 @@ class Stage:
     settings: extra values that determine the output but are not in ``args``
               (e.g. the content of a config file).
     force_flag: the flag the CLI takes to overwrite an existing output.
+    resumes_in_place: the CLI writes into ``output`` as it goes and resumes from it (as
+              evals.run does); an output without a record is then an interrupted run to
+              continue, not a stale one to replace.
     """
 
     name: str
@@ -47,9 +50,12 @@ class Stage:
     output: Path
     settings: dict = field(default_factory=dict)
     force_flag: str | None = "--force"
+    resumes_in_place: bool = False
 
     def key(self) -> str:
-        blob = json.dumps({"module": self.module, "args": self.args, "settings": self.settings}, sort_keys=True)
+        blob = json.dumps(
+            {"module": self.module, "args": self.args, "settings": self.settings}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def command(self, force: bool) -> list[str]:
@@ -81,14 +87,21 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
     if stage_is_current(stage, state_dir):
         print(f"[pipeline] {stage.name}: up to date ({stage.output}), skipped", flush=True)
         return "cached"
-    force = stage.output.exists()  # made with other settings, or by hand: rebuild
+    record = state_dir / f"{stage.name}.json"
+    # An output with a record of other settings is stale: rebuild it. One without a record
+    # was made by hand (rebuild) or is an interrupted in-place run (continue it).
+    force = stage.output.exists() and (record.exists() or not stage.resumes_in_place)
     cmd = stage.command(force)
     print(f"[pipeline] {stage.name}: {' '.join(cmd[1:])}", flush=True)
     log_path = log_dir / f"{stage.name}.log"
     start = time.time()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -103,7 +116,9 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
     seconds = time.time() - start
     atomic_write_text(
         state_dir / f"{stage.name}.json",
-        json.dumps({"key": stage.key(), "command": cmd[1:], "seconds": round(seconds, 1)}, indent=2),
+        json.dumps(
+            {"key": stage.key(), "command": cmd[1:], "seconds": round(seconds, 1)}, indent=2
+        ),
     )
     print(f"[pipeline] {stage.name}: done in {seconds:.0f} s", flush=True)
     return "ran"

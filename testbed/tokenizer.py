@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
@@ -32,11 +32,24 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of ``vocab_size`` on ``corpus`` and wrap it for transformers."""
+def train_tokenizer(
+    corpus: Iterable[str], vocab_size: int = 512, space_digits: bool = False
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of ``vocab_size`` on ``corpus`` and wrap it for transformers.
+
+    ``space_digits=True`` keeps a space with the digit after it (`` 7`` is one token, as
+    in GPT-2's pre-tokenizer) while still splitting numbers one digit per token; the
+    testbed uses it because its traces are mostly ``space digit`` pairs, which would
+    otherwise cost two tokens each.
+    """
     tok = Tokenizer(models.BPE())
+    digit_split = (
+        pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated")
+        if space_digits
+        else pre_tokenizers.Digits(individual_digits=True)
+    )
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [digit_split, pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
     special = [BOS, EOS, PAD, *ROLE_TOKENS]

@@ -90,7 +90,9 @@ def test_jsonl_resume_skips_torn_line(tmp_path):
 
 
 def test_cards_have_front_matter(tmp_path):
-    write_model_card(tmp_path, "M", "merged", {"density": 0.25}, base_model="org/base", tags=["merge"])
+    write_model_card(
+        tmp_path, "M", "merged", {"density": 0.25}, base_model="org/base", tags=["merge"]
+    )
     text = (tmp_path / "README.md").read_text()
     assert text.startswith("---") and "base_model: org/base" in text and '"density": 0.25' in text
     d = tmp_path / "d"

@@ -1,0 +1,419 @@
+"""Generation backends: chat prompts in, completions (text + token ids + finished flag) out.
+
+Two backends share one interface (`Backend`):
+
+- ``"hf"``: transformers ``generate`` in batches of ``batch_size`` sequences, left padding,
+  KV cache. Prompts are sorted by length before batching so little padding is computed.
+- ``"vllm"``: vLLM's offline ``LLM.generate`` (the engine the papers evaluate with,
+  ALGORITHMS.md section 5). vLLM is an optional extra (``pip install shortcot[vllm]``) and
+  is imported only when this backend is asked for.
+
+Sampling is seeded per sample, not per batch: sample ``k`` of a prompt draws from its own
+random generator seeded by ``(seed, prompt token ids, k)`` (`sample_seed`). A sample is
+therefore the same whatever the batch size, the order of the prompts or an interruption
+and resume in between (up to the last-bit differences of batched float arithmetic), which
+is what lets ``evals.run`` resume and still report exactly the numbers of an
+uninterrupted run. The HF backend gets this with a logits processor (`_PerRowSampler`)
+that draws the token itself and hands greedy decoding a one-hot choice, because
+``generate(do_sample=True)`` draws all rows from the one global torch generator; vLLM
+supports a seed per request natively.
+
+Truncation is decided from token ids: a completion is ``finished`` when it produced an
+end-of-sequence token within ``max_new_tokens``, never from its text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from artifacts.errors import ShortcotError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. ``temperature == 0`` means greedy decoding (``top_p`` is then unused)."""
+
+    max_new_tokens: int = 4096
+    temperature: float = 0.6
+    top_p: float = 0.95
+    n: int = 1  # samples per prompt
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ShortcotError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ShortcotError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ShortcotError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ShortcotError(f"n (samples per prompt) must be >= 1, got {self.n}")
+
+
+@dataclass
+class Completion:
+    """One generated completion.
+
+    text:      decoded completion (special tokens skipped; ``<think>``/``</think>`` kept)
+    token_ids: generated ids, no padding, the end-of-sequence token included if produced
+    finished:  stopped on end-of-sequence within ``max_new_tokens``; False = truncated
+    """
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class Request:
+    """One sequence to generate: the prompt's token ids and which sample of it this is."""
+
+    prompt_ids: list[int]
+    sample_index: int = 0
+
+
+def sample_seed(seed: int, prompt_ids: list[int], sample_index: int) -> int:
+    """The seed of one sample: a hash of (run seed, prompt token ids, sample index).
+
+    Stable across processes and batchings (unlike Python's ``hash``), 63 bits so it fits
+    any generator's seed type.
+
+    >>> sample_seed(0, [1, 2, 3], 0) == sample_seed(0, [1, 2, 3], 0)
+    True
+    >>> sample_seed(0, [1, 2, 3], 0) != sample_seed(0, [1, 2, 3], 1)
+    True
+    """
+    h = hashlib.sha256(f"{seed}:{sample_index}:".encode())
+    h.update(",".join(map(str, prompt_ids)).encode())
+    return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
+
+
+def cut_at_eos(
+    token_ids: list[int], eos_ids: set[int], pad_id: int | None = None
+) -> tuple[list[int], bool]:
+    """Trim generated ids after the first end-of-sequence token (kept) and drop padding.
+
+    Returns (ids, finished). Without an end-of-sequence token the completion was cut off by
+    the token limit: trailing padding is removed (only when pad is not itself an eos id,
+    which the first branch already handles) and ``finished`` is False.
+
+    >>> cut_at_eos([5, 6, 2, 0, 0], {2}, pad_id=0)
+    ([5, 6, 2], True)
+    >>> cut_at_eos([5, 6, 7], {2})
+    ([5, 6, 7], False)
+    """
+    for i, t in enumerate(token_ids):
+        if t in eos_ids:
+            return list(token_ids[: i + 1]), True
+    ids = list(token_ids)
+    if pad_id is not None:
+        while ids and ids[-1] == pad_id:
+            ids.pop()
+    return ids, False
+
+
+class Backend:
+    """The interface: render chat prompts, generate completions.
+
+    Subclasses implement `generate_requests`; everything else is shared.
+    """
+
+    name = "base"
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: set[int]
+
+    def render(self, messages: list[dict]) -> str:
+        """The prompt text of one conversation: the model's chat template with the
+        generation prompt appended (for R1-style models this already opens ``<think>``)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ShortcotError(
+                "the model's tokenizer has no chat template; use a chat/instruct model or add "
+                "chat_template to its tokenizer_config.json"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as it is (the chat template already holds any BOS token)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return self.encode(self.render(messages))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def generate_requests(
+        self, requests: list[Request], params: SamplingParams, progress: bool = True
+    ) -> list[Completion]:
+        """One completion per request, in order (``params.n`` is ignored here)."""
+        raise NotImplementedError
+
+    def generate(
+        self, messages: list[list[dict]], params: SamplingParams, progress: bool = True
+    ) -> list[list[Completion]]:
+        """``params.n`` completions for each conversation, in order."""
+        params.validate()
+        prompts = [self.prompt_ids(m) for m in messages]
+        requests = [Request(p, k) for p in prompts for k in range(params.n)]
+        flat = self.generate_requests(requests, params, progress=progress)
+        return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+
+def _eos_ids(tokenizer, generation_config) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        ids.update(source if isinstance(source, list | tuple) else [source])
+    if not ids:
+        raise ShortcotError("the model defines no eos_token_id; set it in generation_config.json")
+    return ids
+
+
+class _PerRowSampler:
+    """A logits processor that samples each row from its own seeded generator.
+
+    Applies temperature and nucleus (top-p) filtering with transformers' own warpers, draws
+    one token per row with ``torch.multinomial(generator=row's generator)`` and returns
+    logits that are 0 at the drawn token and -inf elsewhere, so that greedy decoding
+    (``do_sample=False``) emits exactly the drawn token. Rows keep their position for the
+    whole ``generate`` call, so row ``i`` always uses generator ``i``.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.seeds = seeds
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generators is None:
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
+            ]
+        scores = scores.float()
+        for w in self.warpers:
+            scores = w(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        choice = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice, 0.0)
+
+
+def _resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "auto"):
+        # bf16/fp16 kernels on CPU are slow and inexact; checkpoints' own dtype on GPU.
+        return torch.float32 if device == "cpu" else "auto"
+    try:
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
+    except KeyError:
+        raise ShortcotError(
+            f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16"
+        ) from None
+
+
+class HFBackend(Backend):
+    """transformers ``generate``: batched, left padding, KV cache, per-sample seeds."""
+
+    name = "hf"
+
+    def __init__(
+        self, model: str, batch_size: int = 32, device: str | None = None, dtype: str | None = None
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from artifacts.hub import resolve_local
+
+        if batch_size < 1:
+            raise ShortcotError(f"batch_size must be >= 1, got {batch_size}")
+        path = resolve_local(model)
+        self.model_path = path
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_resolve_dtype(dtype, self.device)
+        )
+        self.model.to(self.device).eval()
+        self.eos_token_ids = _eos_ids(self.tokenizer, self.model.generation_config)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(self.eos_token_ids)
+
+    def _generate_batch(self, batch: list[Request], params: SamplingParams) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        width = max(len(r.prompt_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):  # left padding
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,  # sampling, when asked, happens in _PerRowSampler
+            eos_token_id=sorted(self.eos_token_ids),
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+            # Explicit neutral values: the checkpoint's generation_config.json would
+            # otherwise fill them in (warnings, or a repetition penalty nobody asked for).
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+        )
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            seeds = [sample_seed(params.seed, r.prompt_ids, r.sample_index) for r in batch]
+            processors.append(_PerRowSampler(seeds, params.temperature, params.top_p))
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                generation_config=gen_cfg,
+                logits_processor=processors,
+            )
+        completions = []
+        for row in out[:, width:].tolist():
+            token_ids, finished = cut_at_eos(row, self.eos_token_ids, self.pad_token_id)
+            completions.append(Completion(self.decode(token_ids), token_ids, finished))
+        return completions
+
+    def generate_requests(
+        self, requests: list[Request], params: SamplingParams, progress: bool = True
+    ) -> list[Completion]:
+        from tqdm.auto import tqdm
+
+        params.validate()
+        # Longest first: similar lengths share a batch (less padding) and an out-of-memory
+        # error shows up on the first batch rather than after an hour.
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
+        results: list[Completion | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not progress)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, c in zip(idx, self._generate_batch([requests[i] for i in idx], params)):
+                results[i] = c
+            bar.update(len(idx))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+
+class VLLMBackend(Backend):
+    """vLLM offline inference (optional extra). ``batch_size`` is unused: vLLM schedules
+    sequences itself; callers that checkpoint per chunk decide the chunk size."""
+
+    name = "vllm"
+
+    def __init__(
+        self, model: str, batch_size: int = 32, device: str | None = None, dtype: str | None = None
+    ):
+        try:
+            import vllm
+        except ImportError as err:
+            raise ShortcotError(
+                "the vllm backend needs vLLM; install it with `pip install shortcot[vllm]` "
+                "(GPU machines) or use --backend hf"
+            ) from err
+        from transformers import AutoTokenizer
+
+        from artifacts.hub import resolve_local
+
+        path = resolve_local(model)
+        self.model_path = path
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if device not in (None, "cuda"):
+            # Recent vLLM picks its device from the platform; GPUs via CUDA_VISIBLE_DEVICES.
+            raise ShortcotError(
+                f"the vllm backend runs on the GPU (got --device {device}); choose GPUs with "
+                "CUDA_VISIBLE_DEVICES, or use --backend hf for other devices"
+            )
+        self.llm = vllm.LLM(model=str(path), dtype=dtype or "auto", seed=0)
+        from transformers import GenerationConfig
+
+        try:
+            gen_cfg = GenerationConfig.from_pretrained(path)
+        except OSError:
+            gen_cfg = None
+        self.eos_token_ids = _eos_ids(self.tokenizer, gen_cfg)
+
+    def generate_requests(
+        self, requests: list[Request], params: SamplingParams, progress: bool = True
+    ) -> list[Completion]:
+        import vllm
+
+        params.validate()
+        sampling = [
+            vllm.SamplingParams(
+                n=1,
+                temperature=params.temperature,
+                top_p=params.top_p if params.temperature > 0 else 1.0,
+                max_tokens=params.max_new_tokens,
+                seed=sample_seed(params.seed, r.prompt_ids, r.sample_index),
+                stop_token_ids=sorted(self.eos_token_ids),
+                skip_special_tokens=True,
+            )
+            for r in requests
+        ]
+        prompts = [{"prompt_token_ids": r.prompt_ids} for r in requests]
+        outputs = self.llm.generate(prompts, sampling_params=sampling, use_tqdm=progress)
+        completions = []
+        for out in outputs:
+            o = out.outputs[0]
+            ids = list(o.token_ids)
+            finished = o.finish_reason == "stop"
+            if finished and (not ids or ids[-1] not in self.eos_token_ids):
+                # vLLM may leave the stop token out of token_ids; count it like the HF backend.
+                stop = o.stop_reason if isinstance(o.stop_reason, int) else min(self.eos_token_ids)
+                ids.append(stop)
+            completions.append(Completion(self.decode(ids), ids, finished))
+        return completions
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def load_backend(
+    name: str,
+    model: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Backend:
+    """Load ``model`` (local folder or Hub id) into the backend called ``name`` (hf | vllm)."""
+    if name not in BACKENDS:
+        raise ShortcotError(f"unknown backend {name!r}; use one of {sorted(BACKENDS)}")
+    return BACKENDS[name](str(model), batch_size=batch_size, device=device, dtype=dtype)

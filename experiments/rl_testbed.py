@@ -1,0 +1,193 @@
+"""RL methods on the CPU testbed with one compute budget: the README's results table and plot.
+
+    python experiments/rl_testbed.py --testbed runs/testbed --out runs/rl_testbed
+
+Trains truncation-only GRPO, DLER, LASER, LASER-D and LASER-DE from ``TESTBED/model`` with the
+recipes ``configs/train/<method>_testbed.yaml`` (same steps, batch, learning rate), evaluates
+the untrained model and each trained one with `evals.run.evaluate` on ``TESTBED/data/test.jsonl``
+(grader "testbed", temperature 0.6), and writes ``OUT/results.md`` (the table from
+`evals.compare`, plus training cost per method), ``OUT/results.json`` and ``OUT/pareto.png``.
+
+Every stage is skipped when its output exists, so an interrupted run continues where it
+stopped (``--force`` starts over). Training and evaluation are seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from artifacts.config import load_config  # noqa: E402
+from artifacts.errors import ShortcotError, run_cli  # noqa: E402
+from artifacts.outdir import atomic_write_text  # noqa: E402
+
+METHODS = {
+    "truncation": "Truncation GRPO",
+    "dler": "DLER",
+    "laser": "LASER",
+    "laser_d": "LASER-D",
+    "laser_de": "LASER-DE",
+}
+
+
+def train_one(method: str, testbed: Path, out: Path, overrides: list[str]) -> dict:
+    """Train one method (skipped when its model exists); returns its training cost."""
+    from train.config import RLConfig
+    from train.rl import train
+
+    model_out = out / "models" / method
+    cost_file = out / "models" / f"{method}.cost.json"
+    if (model_out / "config.json").exists() and cost_file.exists():
+        return json.loads(cost_file.read_text())
+    cfg = load_config(
+        RLConfig,
+        ROOT / "configs" / "train" / f"{method}_testbed.yaml",
+        [
+            f"model={testbed / 'model'}",
+            f"data={testbed / 'data' / 'train.jsonl'}",
+            f"out={model_out}",
+            *(
+                [f"laser_d.monitor_data={testbed / 'data' / 'monitor.jsonl'}"]
+                if method.startswith("laser_d")
+                else []
+            ),
+            *overrides,
+        ],
+    )
+    start = time.perf_counter()
+    work = Path(f"{model_out}.work")
+    train(cfg, force=True, resume=work.exists() and any(work.glob("checkpoint-*")))
+    seconds = time.perf_counter() - start
+    log = json.loads((model_out / "training_log.json").read_text())
+    steps = [h for h in log if "reward" in h]
+
+    def mean_of(key, last=None):
+        vals = [h[key] for h in steps[-last if last else 0 :] if h.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    cost = {
+        "train_seconds": round(seconds, 1),
+        "steps": cfg.max_steps,
+        "completions_per_step": cfg.per_device_train_batch_size,
+        "filtered_fraction": mean_of("dynamic_sampling/filtered_fraction"),
+        "generation_rounds": mean_of("dynamic_sampling/rounds"),
+        "final_train_length": mean_of("completions/mean_length", 10),
+        "final_train_accuracy": mean_of("shortcot/accuracy", 10),
+        "laser_d_targets": {
+            k.split("/")[-1]: v
+            for h in log
+            for k, v in h.items()
+            if k.startswith("laser_d/target_")
+        },
+    }
+    atomic_write_text(cost_file, json.dumps(cost, indent=1))
+    return cost
+
+
+def evaluate_one(model: Path, testbed: Path, out: Path, args) -> dict:
+    from evals.run import EvalConfig, evaluate
+
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    cfg = EvalConfig(
+        model=str(model),
+        data=str(testbed / "data" / "test.jsonl"),
+        out=str(out),
+        grader="testbed",
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=0,
+    )
+    return evaluate(cfg)
+
+
+def results_markdown(rows: list[dict], costs: dict[str, dict], table: str) -> str:
+    lines = [
+        table,
+        "",
+        "| run | train time (s) | filtered groups | gen. rounds / step | LASER-D targets (last) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, c in costs.items():
+        f = c.get("filtered_fraction")
+        r = c.get("generation_rounds")
+        t = c.get("laser_d_targets") or {}
+        lines.append(
+            f"| {METHODS[key]} | {c['train_seconds']:.0f} | {'-' if f is None else f'{100 * f:.0f}%'} | "
+            f"{'-' if r is None else f'{r:.2f}'} | {', '.join(f'{k} {v:.0f}' for k, v in t.items()) or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--testbed", default="runs/testbed", help="testbed folder (model/ and data/)")
+    p.add_argument(
+        "--out", default="runs/rl_testbed", help="output folder (models, evals, results)"
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run"
+    )
+    p.add_argument("--samples", type=int, default=1, help="evaluation samples per test problem")
+    p.add_argument(
+        "--limit", type=int, default=None, help="evaluate on the first N test problems only"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256, help="evaluation generation limit")
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation generation batch size")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest for tiny models on a shared CPU)",
+    )
+    p.add_argument("--force", action="store_true", help="delete OUT and start over")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides for every recipe, e.g. max_steps=20"
+    )
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    testbed, out = Path(args.testbed), Path(args.out)
+    if not (testbed / "model" / "config.json").exists():
+        raise ShortcotError(
+            f"no testbed at {testbed}; build it with python -m testbed.build --out {testbed}"
+        )
+    if args.force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    summaries = [evaluate_one(testbed / "model", testbed, out / "evals" / "untrained", args)]
+    labels = ["untrained"]
+    costs = {}
+    for method in args.methods:
+        print(f"== {METHODS[method]}", flush=True)
+        costs[method] = train_one(method, testbed, out, args.overrides)
+        summaries.append(
+            evaluate_one(out / "models" / method, testbed, out / "evals" / method, args)
+        )
+        labels.append(METHODS[method])
+
+    from evals.compare import comparison_rows, markdown_table, plot_pareto
+
+    rows = comparison_rows(summaries, labels)
+    plot_pareto(rows, out / "pareto.png", title="RL on the CPU testbed: accuracy vs tokens")
+    md = results_markdown(rows, costs, markdown_table(rows))
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "costs": costs}, indent=1))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,226 @@
+"""`python -m merge.sweep`: choose the merge's density and scale by measurement.
+
+DLER (section 4.6) fixed density 0.25 and scale 0.7 by hand. This evaluates a grid of
+merges around those values with the evaluation package, reports the accuracy-vs-tokens
+Pareto front, and picks the point that keeps the most length gain at base accuracy:
+among merges whose accuracy is at least the base's minus ``--tolerance`` points, the one
+with the fewest mean tokens (if none qualifies, the most accurate merge).
+
+    python -m merge.sweep --base runs/testbed/model --tuned runs/pipeline/models/dler \\
+        --data runs/testbed/data/test.jsonl --eval-config configs/evals/testbed.yaml \\
+        --out runs/sweep
+
+Resumable: each grid point's evaluation is kept under ``OUT.work/`` and skipped on a rerun
+(evaluations themselves resume); merged weights of grid points are deleted after they are
+evaluated (``--keep-merges`` keeps them) and the chosen merge is written to ``OUT/best``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from artifacts.errors import ShortcotError, run_cli
+from artifacts.outdir import atomic_output_dir, check_output
+from evals.compare import comparison_rows, markdown_table, plot_pareto
+from evals.run import evaluate, parse_config
+from merge.selective import MergeConfig, merge_models
+
+
+def choose(rows: Sequence[dict], base_accuracy: float, tolerance: float) -> int:
+    """Index of the chosen merge in ``rows`` (dicts with ``accuracy`` in % and ``mean_tokens``).
+
+    The fewest-token row among those within ``tolerance`` points of ``base_accuracy``; if
+    none is, the most accurate row (ties: fewer tokens).
+
+    >>> rows = [{"accuracy": 80.0, "mean_tokens": 50}, {"accuracy": 78.0, "mean_tokens": 30},
+    ...         {"accuracy": 70.0, "mean_tokens": 20}]
+    >>> choose(rows, 80.0, 2.0), choose(rows, 80.0, 1.0), choose(rows, 95.0, 1.0)
+    (1, 0, 0)
+    """
+    ok = [i for i, r in enumerate(rows) if r["accuracy"] >= base_accuracy - tolerance - 1e-9]
+    if ok:
+        return min(ok, key=lambda i: (rows[i]["mean_tokens"], -rows[i]["accuracy"]))
+    return max(range(len(rows)), key=lambda i: (rows[i]["accuracy"], -rows[i]["mean_tokens"]))
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ShortcotError(
+            f"--{name} {text!r} is not a comma-separated list of numbers; e.g. 0.1,0.25,0.5"
+        ) from None
+    if not values:
+        raise ShortcotError(f"--{name} is empty; give e.g. 0.1,0.25,0.5")
+    return values
+
+
+def _label(density: float, scale: float) -> str:
+    return f"d{density:g}_s{scale:g}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m merge.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--base", required=True, help="base model: local folder or Hub id")
+    p.add_argument(
+        "--tuned", required=True, help="concise (RL-tuned) model or LoRA adapter: folder or Hub id"
+    )
+    p.add_argument(
+        "--data", required=True, help="evaluation problems (file, datasets folder or preset)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder: sweep.md, sweep.json, pareto.png, best/"
+    )
+    p.add_argument(
+        "--densities",
+        default="0.1,0.25,0.5",
+        help="comma-separated densities (fraction of |delta| kept)",
+    )
+    p.add_argument(
+        "--scales", default="0.5,0.7,1.0", help="comma-separated scales on the kept delta"
+    )
+    p.add_argument(
+        "--scope",
+        default="tensor",
+        choices=["tensor", "global"],
+        help="top-k per tensor or over the whole model",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="regex of tensors kept from the base (repeatable)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        help="accuracy points below the base still counted as 'base accuracy'",
+    )
+    p.add_argument(
+        "--eval-config",
+        default=None,
+        help="evals.run YAML (e.g. configs/evals/testbed.yaml) for every evaluation",
+    )
+    p.add_argument("--grader", default=None, help="grader name (overrides the eval config)")
+    p.add_argument(
+        "--samples", type=int, default=None, help="samples per problem (overrides the eval config)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems only")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="generation limit (overrides the eval config)",
+    )
+    p.add_argument(
+        "--keep-merges",
+        action="store_true",
+        help="keep every grid point's merged weights under OUT.work/",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    densities, scales = _floats(a.densities, "densities"), _floats(a.scales, "scales")
+    if any(not 0 < d <= 1 for d in densities):
+        raise ShortcotError(f"densities {densities} must lie in (0, 1]")
+    out = check_output(a.out, a.force)
+    work = out.parent / f"{out.name}.work"
+
+    def eval_cfg(model: str, name: str):
+        argv = ["--model", model, "--data", a.data, "--out", str(work / "eval" / name)]
+        if a.eval_config:
+            argv = ["--config", a.eval_config, *argv]
+        for flag, value in (
+            ("--grader", a.grader),
+            ("--samples", a.samples),
+            ("--limit", a.limit),
+            ("--max-new-tokens", a.max_new_tokens),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        cfg, _ = parse_config(argv)
+        cfg.progress = False
+        return cfg
+
+    def merge_cfg(density: float, scale: float, dest: Path, force: bool = False) -> MergeConfig:
+        return MergeConfig(
+            base=a.base,
+            tuned=a.tuned,
+            out=str(dest),
+            density=density,
+            scale=scale,
+            scope=a.scope,
+            exclude=list(a.exclude),
+            force=force,
+        )
+
+    grid = [(d, s) for d in densities for s in scales]
+    labels = ["base", "tuned"] + [_label(d, s) for d, s in grid]
+    summaries = {}
+    bar = tqdm(total=len(labels), desc="sweep", unit="model")
+    for name, model in (("base", a.base), ("tuned", a.tuned)):
+        summaries[name] = evaluate(eval_cfg(model, name))
+        bar.update()
+    for d, s in grid:
+        name = _label(d, s)
+        done = work / "eval" / name / "summary.json"
+        if done.exists():
+            summaries[name] = json.loads(done.read_text())
+        else:
+            merged = work / "merges" / name
+            if not (merged / "config.json").exists():
+                merge_models(merge_cfg(d, s, merged, force=merged.exists()))
+            summaries[name] = evaluate(eval_cfg(str(merged), name))
+            if not a.keep_merges:
+                shutil.rmtree(merged, ignore_errors=True)
+        bar.set_postfix_str(f"{name}: acc {100 * summaries[name]['accuracy']:.1f}%")
+        bar.update()
+    bar.close()
+
+    rows = comparison_rows([summaries[n] for n in labels], labels)
+    merge_rows = rows[2:]
+    best = choose(merge_rows, rows[0]["accuracy"], a.tolerance)
+    bd, bs = grid[best]
+    with atomic_output_dir(out, force=a.force) as tmp:
+        table = markdown_table(rows)
+        (tmp / "sweep.md").write_text(
+            f"# Merge sweep\n\n{table}\nChosen: density {bd:g}, scale {bs:g} "
+            f"(fewest tokens within {a.tolerance:g} points of the base's accuracy).\n"
+        )
+        (tmp / "sweep.json").write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "chosen": {"density": bd, "scale": bs, "label": _label(bd, bs)},
+                    "tolerance": a.tolerance,
+                    "scope": a.scope,
+                    "base": a.base,
+                    "tuned": a.tuned,
+                    "data": a.data,
+                },
+                indent=2,
+            )
+        )
+        plot_pareto(rows, tmp / "pareto.png", title="Merge sweep: accuracy vs tokens")
+        merge_models(merge_cfg(bd, bs, tmp / "best"))
+    print(table)
+    print(f"chosen: density {bd:g}, scale {bs:g} -> {out / 'best'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

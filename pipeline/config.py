@@ -1,0 +1,49 @@
+"""The pipeline's typed config (YAML file + ``key=value`` overrides, see artifacts.config).
+
+The defaults run the whole DLER story on the built-in CPU testbed; the GPU recipe
+(`configs/pipeline/r1_1.5b_gpu.yaml`) points the same stages at
+DeepSeek-R1-Distill-Qwen-1.5B with vLLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of `python -m pipeline run`.
+
+    workdir:        every stage's output goes under this folder.
+    base_model:     the model to make concise (folder or Hub id); empty = build the testbed.
+    testbed_out:    where the testbed is built / reused (its model is the base model).
+    testbed_preset: testbed preset (default | tiny).
+    train_data:     RL and distillation prompts (default: the testbed's train split).
+    test_data:      evaluation problems (default: the testbed's test split).
+    grader:         grader name shared by RL rewards, distillation and evaluation.
+    rl_config:      train.rl recipe; rl_overrides: key=value changes to it.
+    merge_*:        merge.selective settings (DLER section 4.6: density 0.25, scale 0.7).
+    distill_build_config / distill_sft_config: distill.build / distill.sft recipes, with
+                    their overrides (key=value; the build's are turned into --flags).
+    eval_config:    evals.run settings shared by all four evaluations; eval_overrides as
+                    ``key=value`` (turned into --flags).
+    """
+
+    workdir: str = "runs/pipeline"
+    base_model: str = ""
+    testbed_out: str = "runs/testbed"
+    testbed_preset: str = "default"
+    train_data: str = ""
+    test_data: str = ""
+    grader: str = "testbed"
+    rl_config: str = "configs/train/dler_testbed.yaml"
+    rl_overrides: list[str] = field(default_factory=list)
+    merge_density: float = 0.25
+    merge_scale: float = 0.7
+    merge_scope: str = "tensor"
+    distill_build_config: str = "configs/distill/build_testbed.yaml"
+    distill_build_overrides: list[str] = field(default_factory=list)
+    distill_sft_config: str = "configs/distill/sft_testbed.yaml"
+    distill_sft_overrides: list[str] = field(default_factory=list)
+    eval_config: str = "configs/evals/testbed.yaml"
+    eval_overrides: list[str] = field(default_factory=list)

@@ -1,0 +1,226 @@
+"""The DLER story as a list of stages (DLER section 4.6 + the distillation alternative):
+
+    testbed -> rl (DLER) -> merge (back into the base) -> distill data -> distill sft
+            -> evaluate base, DLER, merged, distilled -> compare (table + Pareto plot)
+
+`plan(cfg)` is pure: it only decides the command lines, so it is tested without running
+anything and ``python -m pipeline run --dry-run`` prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifacts.errors import ShortcotError
+from pipeline.config import PipelineConfig
+from pipeline.stages import Stage
+
+# The four models the pipeline compares, in table order (the first is the baseline).
+MODELS = ("base", "dler", "merged", "distilled")
+
+
+@dataclass
+class Paths:
+    """Where each artifact of a run lives."""
+
+    workdir: Path
+    base_model: str
+    train_data: str
+    test_data: str
+
+    def model(self, name: str) -> str:
+        return self.base_model if name == "base" else str(self.workdir / "models" / name)
+
+    def eval_dir(self, name: str) -> Path:
+        return self.workdir / "eval" / name
+
+    @property
+    def distill_data(self) -> Path:
+        return self.workdir / "distill_data"
+
+
+def resolve_paths(cfg: PipelineConfig) -> Paths:
+    workdir = Path(cfg.workdir)
+    if cfg.base_model:
+        if not (cfg.train_data and cfg.test_data):
+            raise ShortcotError(
+                "with base_model set, also set train_data and test_data (files or presets)"
+            )
+        return Paths(workdir, cfg.base_model, cfg.train_data, cfg.test_data)
+    tb = Path(cfg.testbed_out)
+    return Paths(
+        workdir,
+        str(tb / "model"),
+        cfg.train_data or str(tb / "data" / "train.jsonl"),
+        cfg.test_data or str(tb / "data" / "test.jsonl"),
+    )
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise ShortcotError(f"recipe {p} does not exist; check the path (recipes live in configs/)")
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
+def _flags(overrides: list[str]) -> list[str]:
+    """``["samples=4", "limit=10"]`` -> ``["--samples", "4", "--limit", "10"]``."""
+    out: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ShortcotError(f"override {item!r} is not key=value; write e.g. samples=4")
+        key, value = item.split("=", 1)
+        out += ["--" + key.strip().replace("_", "-"), value]
+    return out
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The stages of one pipeline run, in order."""
+    p = resolve_paths(cfg)
+    stages: list[Stage] = []
+    if not cfg.base_model:
+        # testbed.build has its own cache (same settings -> returns at once), so it is never
+        # forced: a testbed built by hand or by another run is reused, not rebuilt.
+        stages.append(
+            Stage(
+                "testbed",
+                "testbed.build",
+                ["--out", cfg.testbed_out, "--preset", cfg.testbed_preset],
+                Path(cfg.testbed_out),
+                force_flag=None,
+            )
+        )
+    stages.append(
+        Stage(
+            "rl",
+            "train.rl",
+            [
+                "--config",
+                cfg.rl_config,
+                "--out",
+                p.model("dler"),
+                f"model={p.base_model}",
+                f"data={p.train_data}",
+                f"reward.grader={cfg.grader}",
+                *cfg.rl_overrides,
+            ],
+            Path(p.model("dler")),
+            settings={"recipe": _file_digest(cfg.rl_config)},
+        )
+    )
+    stages.append(
+        Stage(
+            "merge",
+            "merge.selective",
+            [
+                "--base",
+                p.base_model,
+                "--tuned",
+                p.model("dler"),
+                "--out",
+                p.model("merged"),
+                "--density",
+                str(cfg.merge_density),
+                "--scale",
+                str(cfg.merge_scale),
+                "--scope",
+                cfg.merge_scope,
+            ],
+            Path(p.model("merged")),
+            settings={"tuned": stages[-1].key()},
+        )
+    )
+    stages.append(
+        Stage(
+            "distill_data",
+            "distill.build",
+            [
+                "--config",
+                cfg.distill_build_config,
+                "--teacher",
+                p.base_model,
+                "--data",
+                p.train_data,
+                "--grader",
+                cfg.grader,
+                "--out",
+                str(p.distill_data),
+                *_flags(cfg.distill_build_overrides),
+            ],
+            p.distill_data,
+            settings={"recipe": _file_digest(cfg.distill_build_config)},
+        )
+    )
+    stages.append(
+        Stage(
+            "distill_sft",
+            "distill.sft",
+            [
+                "--config",
+                cfg.distill_sft_config,
+                "--student",
+                p.base_model,
+                "--data",
+                str(p.distill_data),
+                "--out",
+                p.model("distilled"),
+                *cfg.distill_sft_overrides,
+            ],
+            Path(p.model("distilled")),
+            settings={"recipe": _file_digest(cfg.distill_sft_config), "data": stages[-1].key()},
+        )
+    )
+    producers = {s.name: s for s in stages}
+    made_by = {"base": "testbed", "dler": "rl", "merged": "merge", "distilled": "distill_sft"}
+    eval_digest = _file_digest(cfg.eval_config)
+    for name in MODELS:
+        upstream = producers.get(made_by[name])
+        stages.append(
+            Stage(
+                f"eval_{name}",
+                "evals.run",
+                [
+                    "--config",
+                    cfg.eval_config,
+                    "--model",
+                    p.model(name),
+                    "--data",
+                    p.test_data,
+                    "--grader",
+                    cfg.grader,
+                    "--out",
+                    str(p.eval_dir(name)),
+                    *_flags(cfg.eval_overrides),
+                ],
+                p.eval_dir(name),
+                settings={
+                    "recipe": eval_digest,
+                    "model": upstream.key() if upstream else p.model(name),
+                },
+                resumes_in_place=True,
+            )
+        )
+    stages.append(
+        Stage(
+            "compare",
+            "evals.compare",
+            [
+                *(str(p.eval_dir(n)) for n in MODELS),
+                "--labels",
+                *MODELS,
+                "--plot",
+                str(cfg_report_dir(cfg) / "pareto.png"),
+                "--out",
+                str(cfg_report_dir(cfg) / "table.md"),
+            ],
+            cfg_report_dir(cfg) / "table.md",
+            settings={"evals": [s.key() for s in stages if s.name.startswith("eval_")]},
+        )
+    )
+    return stages
+
+
+def cfg_report_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.workdir) / "report"

@@ -1,0 +1,371 @@
+"""distill.build end to end: a scripted teacher (resume after an interruption), trace
+files with unparsable records, the output formats and card, CLI bad input, and a real
+(tiny, random) HF teacher through the evals backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+import evals.backends as backends
+from artifacts.errors import ShortcotError
+from distill.build import build, main, parse_args
+from distill.dataset import load_rows
+from evals.backends import Completion
+from evals.grading import Grade
+
+PROBLEMS = [
+    {
+        "id": f"p{i}",
+        "problem": f"Add the digits mod 10: k {i} q 5",
+        "answer": str((i + 5) % 10),
+        "difficulty": 2,
+    }
+    for i in range(5)
+]
+
+
+def long_trace(i: int) -> str:
+    s = (i + 5) % 10
+    return (
+        f"<think>\nk is {i}, total {i}. q is 5, {i}+5={s}. Wait, let me check: k is {i}, q is 5, {i}+5={s}. "
+        f"So {s}. Wait, let me double-check: {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
+    )
+
+
+def short_trace(i: int) -> str:
+    s = (i + 5) % 10
+    return f"<think>\nk is {i}, total {i}. q is 5, {i}+5={s}. Wait, {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
+
+
+class FakeBackend:
+    """Scripted teacher: sample 0 long, sample 1 short, sample 2 wrong, sample 3 truncated."""
+
+    def __init__(self, tokenizer, fail_on_call: int | None = None):
+        self.tokenizer = tokenizer
+        self.calls: list[list[str]] = []
+        self.fail_on_call = fail_on_call
+
+    def generate(self, messages, params, progress=True):
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt
+        self.calls.append([m[-1]["content"] for m in messages])
+        out = []
+        for m in messages:
+            i = int(m[-1]["content"].split(" k ")[1].split()[0])
+            texts = [
+                long_trace(i),
+                short_trace(i),
+                "<think>\nno.\n</think>\n\\boxed{11}",
+                "<think>\nk is",
+            ]
+            comps = []
+            for k in range(params.n):
+                t = texts[k % 4]
+                ids = self.tokenizer(t, add_special_tokens=False)["input_ids"]
+                comps.append(Completion(t, ids, finished=k % 4 != 3))
+            out.append(comps)
+        return out
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    return path
+
+
+def args(teacher, data, out, *extra):
+    return parse_args(
+        [
+            "--teacher",
+            str(teacher),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--grader",
+            "testbed",
+            *extra,
+        ]
+    )
+
+
+def test_build_resumes_after_interruption(
+    tmp_path, data_file, tiny_model_dir, tiny_tokenizer, monkeypatch
+):
+    fake = FakeBackend(tiny_tokenizer, fail_on_call=2)
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: fake)
+    out = tmp_path / "ds"
+    cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--chunk-size", "2",
+               "--strategy", "shortest-correct,first-correct")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg)
+    assert not out.exists()  # nothing half-written
+    samples = tmp_path / "ds.work" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 4 * 4  # two chunks of 2 problems x 4 samples
+
+    fake.fail_on_call = None
+    fake.calls.clear()
+    summary = build(cfg)
+    assert fake.calls == [
+        [
+            PROBLEMS[4]["problem"]
+            + "\nLet's think step by step and output the final answer within \\boxed{}."
+        ]
+    ]
+    assert len(samples.read_text().splitlines()) == 5 * 4
+
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 5 and sorted(ds["id"]) == [p["id"] for p in PROBLEMS]
+    row = ds[0]
+    i = int(row["id"][1:])
+    s = (i + 5) % 10
+    assert row["messages"][-1] == {
+        "role": "assistant",
+        "content": f"<think>\nk is {i}, total {i}. q is 5, {i}+5={s}.\n</think>\n\\boxed{{{s}}}",
+    }
+    assert row["messages"][0]["role"] == "user" and row["messages"][0]["content"].startswith(
+        PROBLEMS[i]["problem"]
+    )
+    count = lambda t: len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert row["original_tokens"] == count(short_trace(i))
+    assert row["compressed_tokens"] == count(row["messages"][-1]["content"])
+    assert row["compression_ratio"] == pytest.approx(
+        row["compressed_tokens"] / row["original_tokens"]
+    )
+    assert row["strategy"] == "shortest-correct,first-correct" and row["teacher"] == str(
+        tiny_model_dir
+    )
+
+    assert summary["examples"] == 5 and summary["samples"] == 20
+    assert summary["dropped_samples"] == {
+        "shortest-correct: not the shortest": 5,
+        "incorrect": 5,
+        "truncated": 5,
+    }
+    lens = [
+        count(t)
+        for t in (
+            long_trace(0),
+            short_trace(0),
+            "<think>\nno.\n</think>\n\\boxed{11}",
+            "<think>\nk is",
+        )
+    ]
+    assert summary["mean_tokens_all_samples"] == pytest.approx(
+        sum(count(t(i)) for i in range(5) for t in (long_trace, short_trace)) / 20
+        + (lens[2] + lens[3]) / 4
+    )
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert "Compressed reasoning chains" in (out / "README.md").read_text()
+
+    # Same work folder, other sampling settings: refused rather than mixed.
+    with pytest.raises(ShortcotError, match="other settings"):
+        build(args(tiny_model_dir, data_file, tmp_path / "ds2", "--samples", "4", "--work-dir", str(tmp_path / "ds.work"),
+                   "--temperature", "1.0"))  # fmt: skip
+
+
+def test_build_from_trace_file_skips_unparsable(tmp_path, tiny_tokenizer):
+    traces = tmp_path / "traces.jsonl"
+    lines = [json.dumps({"id": p["id"], "problem": p["problem"], "answer": p["answer"], "completion": long_trace(i)})
+             for i, p in enumerate(PROBLEMS)]  # fmt: skip
+    lines += [
+        json.dumps({"id": "x1", "problem": "q", "answer": "1"}),  # no completion
+        json.dumps({"problem": "q", "answer": "1", "completion": "c"}),  # no id
+        json.dumps({"id": "x2", "completion": "c"}),  # no reference, no --data
+        json.dumps([1, 2]),
+        '{"id": "torn", "completi',
+    ]
+    traces.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "pruned"
+    summary = build(parse_args(["--teacher", str(traces), "--out", str(out), "--grader", "testbed",
+                                "--strategy", "step-prune", "--format", "jsonl"]))  # fmt: skip
+    assert summary["skipped_records"] == {
+        "unparsable: no completion text": 1,
+        "unparsable: no id": 1,
+        "unparsable: no reference answer (pass --data to join one)": 1,
+        "unparsable: not a JSON object": 1,
+        "unparsable: not valid JSON": 1,
+    }
+    assert summary["token_unit"].startswith("whitespace")
+    ds = load_rows(out)
+    assert len(ds) == 5
+    s = (0 + 5) % 10
+    assert (
+        ds[0]["messages"][-1]["content"]
+        == f"<think>\nk is 0, total 0. q is 5, 0+5={s}.\n</think>\n\\boxed{{{s}}}"
+    )
+    assert summary["compression_ratio"] == pytest.approx(12 / 30)  # words: 30 -> 12 for each trace
+
+
+def test_build_parquet_and_join_with_data(tmp_path, data_file):
+    traces = tmp_path / "t"
+    traces.mkdir()
+    (traces / "samples.jsonl").write_text(
+        "".join(
+            json.dumps({"id": p["id"], "completion": short_trace(i)}) + "\n"
+            for i, p in enumerate(PROBLEMS)
+        )
+    )
+    out = tmp_path / "pq"
+    build(parse_args(["--teacher", str(traces), "--data", str(data_file), "--out", str(out), "--grader", "testbed",
+                      "--format", "parquet", "--strategy", "first-correct"]))  # fmt: skip
+    ds = load_rows(out)
+    assert len(ds) == 5 and (out / "data.parquet").exists()
+    assert ds[0]["messages"][0]["content"].startswith(PROBLEMS[0]["problem"])
+
+
+def test_cli_bad_input(tmp_path, data_file, tiny_model_dir):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "distill.build", *argv], capture_output=True, text=True,
+                              cwd=str(Path(__file__).parents[1]))  # fmt: skip
+
+    r = run("--teacher", str(data_file), "--out", str(tmp_path / "o"), "--strategy", "fastest")
+    assert (
+        r.returncode == 2
+        and "error: unknown strategy 'fastest'" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    (tmp_path / "exists").mkdir()
+    r = run("--teacher", str(data_file), "--out", str(tmp_path / "exists"))
+    assert r.returncode == 2 and "already exists; pass --force" in r.stderr
+    with pytest.raises(ShortcotError, match="--data is required"):
+        main(["--teacher", str(tiny_model_dir), "--out", str(tmp_path / "o2")])
+    with pytest.raises(ShortcotError, match="--samples must be >= 1"):
+        parse_args(["--teacher", "m", "--out", "o", "--samples", "0"])
+    # nothing survives: a clear error, and no output folder
+    with pytest.raises(ShortcotError, match="no example survived"):
+        build(
+            parse_args(
+                ["--teacher", str(data_file), "--out", str(tmp_path / "o3"), "--grader", "testbed"]
+            )
+        )
+    assert not (tmp_path / "o3").exists()
+
+
+def test_build_with_real_hf_backend(tmp_path, data_file, tiny_model_dir):
+    """The real evals HF backend on a random tiny model: every sample is cut off at 6 new
+    tokens, so every sample is dropped as truncated (never kept), and the raw samples are
+    in the work folder for a rerun."""
+    out = tmp_path / "real"
+    cfg = parse_args(["--teacher", str(tiny_model_dir), "--data", str(data_file), "--out", str(out),
+                      "--grader", "testbed", "--samples", "2", "--max-new-tokens", "6", "--limit", "2"])  # fmt: skip
+    with pytest.raises(ShortcotError, match="no example survived"):
+        build(cfg)
+    recs = [
+        json.loads(line)
+        for line in (tmp_path / "real.work" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert [(r["id"], r["sample"]) for r in recs] == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
+    assert all(r["num_tokens"] == 6 and r["finished"] is False for r in recs)
+    assert not out.exists()
+
+
+def test_config_file_and_flags(tmp_path):
+    cfg_file = tmp_path / "b.yaml"
+    cfg_file.write_text(
+        "teacher: t\nout: o\nsamples: 3\nkeep_verification: true\nstrategy: first-correct\n"
+    )
+    cfg = parse_args(["--config", str(cfg_file), "--samples", "5"])
+    assert (cfg.teacher, cfg.out, cfg.samples, cfg.strategy) == ("t", "o", 5, "first-correct")
+    assert cfg.options.keep_verification is True
+    cfg_file.write_text("teacher: t\nsampels: 3\n")
+    with pytest.raises(ShortcotError, match="unknown key\\(s\\) sampels"):
+        parse_args(["--config", str(cfg_file), "--out", "o"])
+    with pytest.raises(ShortcotError, match="--teacher and --out are required"):
+        parse_args(["--out", "o"])
+    for name in ("build_testbed", "build_r1_1.5b"):  # the shipped recipes parse
+        path = Path(__file__).parents[1] / "configs" / "distill" / f"{name}.yaml"
+        assert parse_args(["--config", str(path), "--out", "x"]).samples >= 1
+
+
+def test_build_from_evals_run_samples(tmp_path, data_file):
+    """evals.run's samples.jsonl is a valid teacher: "reference" is the gold answer (not
+    "answer", the extracted one), "truncated" marks cut-off samples, --data gives the text."""
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    recs = []
+    for i, p in enumerate(PROBLEMS[:3]):
+        recs.append({"id": p["id"], "sample": 0, "reference": p["answer"], "answer": "11", "truncated": False,
+                     "completion": long_trace(i), "tokens": 40})  # fmt: skip
+        recs.append({"id": p["id"], "sample": 1, "reference": p["answer"], "answer": None, "truncated": True,
+                     "completion": short_trace(i), "tokens": 20})  # fmt: skip
+    (ev / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (ev / "summary.json").write_text("{}")
+    out = tmp_path / "o"
+    summary = build(parse_args(["--teacher", str(ev), "--data", str(data_file), "--out", str(out),
+                                "--grader", "testbed", "--strategy", "shortest-correct"]))  # fmt: skip
+    # the short samples were truncated, so the long ones are kept despite being longer
+    assert summary["examples"] == 3 and summary["dropped_samples"] == {"truncated": 3}
+    assert [r["messages"][-1]["content"] for r in load_rows(out)] == [
+        long_trace(i) for i in range(3)
+    ]
+
+
+def test_perplexity_scorer_matches_hf_loss_and_runs_in_build(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distill.perplexity import PerplexityScorer, completion_perplexity
+    from distill.strategies import Context
+    from evals.prompts import build_messages
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    prompt = build_messages(PROBLEMS[0]["problem"])
+    text = long_trace(0)
+    ppl = completion_perplexity(model, tiny_tokenizer, prompt, text)
+    # independent: HF's own loss with the prompt tokens masked out
+    p_ids = tiny_tokenizer(tiny_tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]  # fmt: skip
+    c_ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids])
+    labels = ids.clone()
+    labels[0, : len(p_ids)] = -100
+    with torch.no_grad():
+        loss = model(ids, labels=labels).loss.item()
+    assert ppl == pytest.approx(float(torch.exp(torch.tensor(loss))), rel=1e-4)
+
+    scorer = PerplexityScorer(model, tiny_tokenizer)
+    ctx = Context("5", lambda c, r: None, len, prompt=prompt)
+    steps = ["a. ", "b. "]
+    scores = scorer(steps, lambda th: f"<think>{th}</think> \\boxed{{5}}", ctx)
+    assert len(scores) == 2
+    base = completion_perplexity(model, tiny_tokenizer, prompt, "<think>a. b. </think> \\boxed{5}")
+    drop_a = completion_perplexity(model, tiny_tokenizer, prompt, "<think>b. </think> \\boxed{5}")
+    assert scores[0] == pytest.approx(drop_a / base - 1)
+
+    traces = tmp_path / "t.jsonl"
+    traces.write_text("".join(json.dumps({"id": p["id"], "problem": p["problem"], "answer": p["answer"],
+                                          "completion": long_trace(i)}) + "\n" for i, p in enumerate(PROBLEMS[:2])))  # fmt: skip
+    summary = build(parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"), "--grader", "testbed",
+                                "--detector", "testbed", "--strategy", "step-prune", "--prune-scorer", "perplexity",
+                                "--prune-model", str(tiny_model_dir), "--prune-threshold", "0.5",
+                                "--tokenizer", str(tiny_model_dir)]))  # fmt: skip
+    assert summary["examples"] == 2 and summary["token_unit"] == "tokens"
+    assert summary["mean_compressed_tokens"] <= summary["mean_original_tokens"]
+
+
+def grade_or_choke(completion: str, reference: str) -> Grade:
+    """Test grader that raises on reference "6" (an ungradable record)."""
+    if reference == "6":
+        raise ValueError("cannot parse")
+    from testbed.task import grade
+
+    return grade(completion, reference)
+
+
+def test_ungradable_problem_is_counted_not_fatal(tmp_path):
+    traces = tmp_path / "t.jsonl"
+    traces.write_text("".join(json.dumps({"id": p["id"], "problem": p["problem"], "answer": p["answer"],
+                                          "completion": short_trace(i)}) + "\n" for i, p in enumerate(PROBLEMS)))  # fmt: skip
+    summary = build(parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"),
+                                "--grader", "test_distill_build:grade_or_choke"]))  # fmt: skip
+    assert summary["examples"] == 4 and summary["dropped_problems"] == {"ungradable: ValueError": 1}

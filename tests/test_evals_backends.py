@@ -1,0 +1,149 @@
+"""The HF generation backend on the tiny random model, against independent computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from artifacts.errors import ShortcotError
+from evals.backends import Request, SamplingParams, _PerRowSampler, load_backend
+
+MESSAGES = [
+    [{"role": "user", "content": "What is 12 + 7?"}],
+    [
+        {
+            "role": "user",
+            "content": "a 3 b 5 c 2 sum mod 10 ; step : a = 3 , total 3 ; b = 5 , total 8",
+        }
+    ],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1"}],
+]
+
+
+def make_sharp_model_dir(path, tokenizer):
+    """The tiny random Llama with large weights (std 0.5): its greedy output depends on
+    the prompt, instead of repeating one token, so equivalence tests have teeth."""
+    from conftest import make_tiny_model_dir
+
+    from testbed.model import save_checkpoint
+
+    model = make_tiny_model_dir(path, tokenizer, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    save_checkpoint(model, tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory, tiny_tokenizer):
+    path = make_sharp_model_dir(tmp_path_factory.mktemp("backend_model"), tiny_tokenizer)
+    return load_backend("hf", str(path), batch_size=2, device="cpu")
+
+
+def test_n_completions_truncation_and_decoding(backend):
+    out = backend.generate(
+        MESSAGES, SamplingParams(max_new_tokens=5, temperature=0.6, n=3), progress=False
+    )
+    assert [len(c) for c in out] == [3, 3, 3]
+    for per_prompt in out:
+        for c in per_prompt:
+            eos_seen = any(t in backend.eos_token_ids for t in c.token_ids)
+            assert c.finished == eos_seen
+            assert c.num_tokens <= 5
+            if not c.finished:
+                assert c.num_tokens == 5  # hit the limit: truncated
+            assert c.text == backend.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    # different samples of one prompt differ (seeded per sample index)
+    assert len({tuple(c.token_ids) for c in out[1]}) > 1
+
+
+def test_greedy_batched_left_padding_matches_unpadded_generate(backend):
+    """Batched generation with left padding + KV cache == one prompt at a time, unpadded."""
+    out = backend.generate(
+        MESSAGES, SamplingParams(max_new_tokens=12, temperature=0), progress=False
+    )
+    for msgs, (c,) in zip(MESSAGES, out):
+        ids = torch.tensor([backend.prompt_ids(msgs)])
+        ref = backend.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=sorted(backend.eos_token_ids),
+            pad_token_id=backend.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
+        assert c.token_ids == ref[: len(c.token_ids)]
+    assert len({tuple(c.token_ids) for (c,) in out}) == 3  # prompt-dependent, not degenerate
+    # the chat template was applied with the generation prompt
+    assert backend.render(MESSAGES[0]).endswith("<|assistant|>\n")
+
+
+def test_samples_do_not_depend_on_batching(backend):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+    prompts = [backend.prompt_ids(m) for m in MESSAGES]
+    reqs = [Request(p, k) for p in prompts for k in range(2)]
+    a = backend.generate_requests(reqs, params, progress=False)
+    backend.batch_size = 1
+    try:
+        b = backend.generate_requests(list(reversed(reqs)), params, progress=False)[::-1]
+    finally:
+        backend.batch_size = 2
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    c = backend.generate_requests(
+        reqs, SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=8), False
+    )
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+
+
+def test_finished_flag_from_eos(backend):
+    """Declare a token of the greedy continuation as EOS: generation stops right after it."""
+    ((c,),) = backend.generate(
+        MESSAGES[:1], SamplingParams(max_new_tokens=10, temperature=0), progress=False
+    )
+    stop = c.token_ids[2]
+    first = c.token_ids.index(stop)
+    saved = backend.eos_token_ids
+    backend.eos_token_ids = {stop}
+    try:
+        ((d,),) = backend.generate(
+            MESSAGES[:1], SamplingParams(max_new_tokens=10, temperature=0), progress=False
+        )
+    finally:
+        backend.eos_token_ids = saved
+    assert d.finished and d.token_ids == c.token_ids[: first + 1]
+
+
+def test_per_row_sampler_distribution():
+    """Temperature + top-p + per-row draws reproduce the intended distribution."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    rows = 4000
+    logits = torch.log(probs).repeat(rows, 1)
+    # T = 1, top_p = 0.7 keeps {0, 1} -> renormalised 0.625 / 0.375
+    picks = _PerRowSampler(list(range(rows)), 1.0, 0.7)(None, logits.clone()).argmax(-1)
+    assert set(picks.tolist()) == {0, 1}
+    assert abs((picks == 0).float().mean().item() - 0.625) < 0.03
+    # T = 2, no top-p: p ~ sqrt(probs)
+    picks = _PerRowSampler(list(range(rows)), 2.0, 1.0)(None, logits.clone()).argmax(-1)
+    expected = probs.sqrt() / probs.sqrt().sum()
+    freq = torch.bincount(picks, minlength=4).float() / rows
+    assert torch.allclose(freq, expected, atol=0.03)
+    # same seeds, same draws
+    again = _PerRowSampler(list(range(rows)), 2.0, 1.0)(None, logits.clone()).argmax(-1)
+    assert torch.equal(picks, again)
+
+
+def test_bad_backend_and_missing_vllm(tiny_model_dir):
+    with pytest.raises(ShortcotError, match="unknown backend"):
+        load_backend("tgi", str(tiny_model_dir))
+    with pytest.raises(ShortcotError, match="does not exist"):
+        load_backend("hf", "./no/such/model")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ShortcotError, match="pip install shortcot\\[vllm\\]"):
+            load_backend("vllm", str(tiny_model_dir))
+    with pytest.raises(ShortcotError, match="temperature"):
+        SamplingParams(temperature=-1).validate()

@@ -1,0 +1,388 @@
+"""evals.run end to end on the tiny model: records, resume, settings checks, budget forcing,
+vote; evals.data loading; evals.compare CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from artifacts.errors import ShortcotError
+from artifacts.jsonl import read_jsonl, write_jsonl
+from evals import compare as compare_cli
+from evals import run as run_cli
+from evals.backends import Request, SamplingParams, load_backend
+from evals.data import load_problems
+from evals.metrics import pass_at_1
+from evals.prompts import build_messages
+from evals.run import EvalConfig, evaluate
+
+PROBLEMS = [
+    {"id": "p1", "problem": "What is 12 + 7?", "answer": "19", "difficulty": 1},
+    {"id": "p2", "problem": "What is 3 + 5?", "answer": "8", "difficulty": 2},
+    {"id": "p3", "problem": "a 3 b 5 c 2 sum mod 10", "answer": "0", "difficulty": 2},
+]
+
+# A grader plugged in by module:function: "correct" when the completion has an even number
+# of characters, so accuracy is neither 0 nor 1 on random text and can be checked by hand.
+GRADER_SRC = """
+from evals.grading import Grade
+def grade(completion, reference):
+    return Grade(len(completion) % 2 == 0, str(len(completion)), True)
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer):
+    import sys
+
+    from test_evals_backends import make_sharp_model_dir
+
+    root = tmp_path_factory.mktemp("evals_run")
+    model = make_sharp_model_dir(root / "model", tiny_tokenizer)
+    data = root / "problems.jsonl"
+    write_jsonl(data, PROBLEMS)
+    (root / "parity_grader.py").write_text(GRADER_SRC)
+    sys.path.insert(0, str(root))
+    backend = load_backend("hf", str(model), batch_size=4, device="cpu")
+    yield {"root": root, "model": str(model), "data": str(data), "backend": backend}
+    sys.path.remove(str(root))
+
+
+def cfg_for(setup, out, **kw):
+    base = dict(
+        model=setup["model"],
+        data=setup["data"],
+        out=str(out),
+        grader="parity_grader:grade",
+        samples=2,
+        max_new_tokens=10,
+        batch_size=4,
+        progress=False,
+    )
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def records(out):
+    return {(r["id"], r["sample"]): r for r in read_jsonl(Path(out) / "samples.jsonl")}
+
+
+def test_evaluate_records_and_summary(setup, tmp_path):
+    out = tmp_path / "run"
+    summary = evaluate(cfg_for(setup, out), backend=setup["backend"])
+    recs = records(out)
+    assert sorted(recs) == [(p["id"], k) for p in PROBLEMS for k in range(2)]
+    # each record is exactly what the backend generates for that problem and sample index
+    b = setup["backend"]
+    params = SamplingParams(max_new_tokens=10, temperature=0.6, top_p=0.95)
+    keys = [(p, k) for p in PROBLEMS for k in range(2)]
+    reqs = [Request(b.prompt_ids(build_messages(p["problem"])), k) for p, k in keys]
+    for (p, k), c in zip(keys, b.generate_requests(reqs, params, progress=False)):
+        r = recs[(p["id"], k)]
+        assert r["completion"] == c.text and r["tokens"] == c.num_tokens
+        assert r["truncated"] == (not c.finished)
+        assert r["correct"] == (len(c.text) % 2 == 0) and r["answer"] == str(len(c.text))
+        assert r["difficulty"] == p["difficulty"] and r["reference"] == p["answer"]
+    # the summary agrees with an independent computation from the records
+    acc, se = pass_at_1([[recs[(p["id"], k)]["correct"] for k in range(2)] for p in PROBLEMS])
+    assert summary["accuracy"] == pytest.approx(acc) and summary["accuracy_se"] == pytest.approx(se)
+    tokens = [r["tokens"] for r in recs.values()]
+    assert summary["mean_tokens"] == pytest.approx(sum(tokens) / 6)
+    assert summary["truncation_rate"] == pytest.approx(
+        sum(r["truncated"] for r in recs.values()) / 6
+    )
+    assert summary["n_problems"] == 3 and summary["n_samples"] == 6
+    assert set(summary["by_difficulty"]) == {"1", "2"}
+    assert summary["by_difficulty"]["1"]["n_problems"] == 1
+    assert summary["throughput_tokens_per_s"] > 0
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["accuracy"] == summary["accuracy"]
+    assert "| accuracy (%)" in (out / "summary.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["generation"]["max_new_tokens"] == 10
+
+
+def test_resume_equals_uninterrupted_run(setup, tmp_path):
+    full = tmp_path / "full"
+    evaluate(cfg_for(setup, full, samples=3), backend=setup["backend"])
+    part = tmp_path / "part"
+    # "interrupted": first a smaller run, then a torn last line as a crash would leave it
+    evaluate(cfg_for(setup, part, samples=2, limit=2), backend=setup["backend"])
+    first = (part / "samples.jsonl").read_text()
+    with (part / "samples.jsonl").open("a") as f:
+        f.write('{"id": "p3", "sam')
+    calls = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def generate_requests(self, reqs, params, progress=True):
+            calls.append(len(reqs))
+            return self.inner.generate_requests(reqs, params, progress)
+
+    summary = evaluate(cfg_for(setup, part, samples=3), backend=Spy(setup["backend"]))
+    assert sum(calls) == 9 - 4  # only the missing samples were generated
+    assert (part / "samples.jsonl").read_text().startswith(first)
+    full_recs, part_recs = records(full), records(part)
+    assert sorted(full_recs) == sorted(part_recs)
+    for key, r in full_recs.items():
+        assert part_recs[key]["completion"] == r["completion"]
+    assert summary["accuracy"] == json.loads((full / "summary.json").read_text())["accuracy"]
+    # a rerun with nothing to do only recomputes the summary (no backend needed)
+    calls.clear()
+    evaluate(cfg_for(setup, part, samples=3), backend=Spy(setup["backend"]))
+    assert calls == []
+
+
+def test_settings_mismatch_and_force(setup, tmp_path):
+    out = tmp_path / "run"
+    evaluate(cfg_for(setup, out, samples=1, limit=1), backend=setup["backend"])
+    with pytest.raises(ShortcotError, match=r"other settings \(temperature: 0.6 -> 1.0\)"):
+        evaluate(cfg_for(setup, out, samples=1, limit=1, temperature=1.0), backend=setup["backend"])
+    evaluate(
+        cfg_for(setup, out, samples=1, limit=1, temperature=1.0, force=True),
+        backend=setup["backend"],
+    )
+    assert json.loads((out / "settings.json").read_text())["generation"]["temperature"] == 1.0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ShortcotError, match="not an evals.run folder"):
+        evaluate(cfg_for(setup, tmp_path / "other"), backend=setup["backend"])
+
+
+def test_think_budget_and_vote(setup, tmp_path):
+    out = tmp_path / "budget"
+    b = setup["backend"]
+    close = b.encode("</think>")
+    assert len(close) == 1
+    summary = evaluate(
+        cfg_for(
+            setup, out, samples=4, vote=2, think_budget=4, budget_cue="</think>", max_new_tokens=9
+        ),
+        backend=b,
+    )
+    for r in records(out).values():
+        assert r["tokens"] <= 9
+        if r["forced"]:  # 4 thinking tokens, then the cue closed the think block
+            assert r["thinking_tokens"] == 5
+            assert "</think>" in r["completion"]
+    assert any(r["forced"] for r in records(out).values())
+    assert summary["vote"]["k"] == 2 and summary["vote"]["groups"] == 6
+    tok_per_vote = [
+        sum(records(out)[(p["id"], k)]["tokens"] for k in (g, g + 1))
+        for p in PROBLEMS
+        for g in (0, 2)
+    ]
+    assert summary["vote"]["tokens_per_problem"] == pytest.approx(sum(tok_per_vote) / 6)
+
+
+def test_cli_end_to_end_and_bad_input(setup, tmp_path, capsys, monkeypatch):
+    def argv(out, *extra):
+        return [
+            "--model",
+            setup["model"],
+            "--data",
+            setup["data"],
+            "--out",
+            str(out),
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--limit",
+            "1",
+            "--no-progress",
+            "--temperature",
+            "0",
+            *extra,
+        ]
+
+    out = tmp_path / "cli"
+    pushed = []
+    monkeypatch.setattr(
+        "artifacts.hub.push_folder",
+        lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or "url",
+    )
+    assert run_cli.main(argv(out, "--push-to-hub", "me/evals", "--private")) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert pushed == [(str(out), "me/evals", {"private": True, "repo_type": "dataset"})]
+    assert len(records(out)) == 1
+    bad = [
+        (["--data", str(tmp_path / "missing.jsonl")], "neither a file"),
+        (["--prompt-template", "no placeholder"], "must contain {problem}"),
+        (["--vote", "4"], "needs --samples >= 4"),
+        (["--think-budget", "6"], "must be below --max-new-tokens"),
+        (["--grader", "nope"], "unknown grader"),
+        (["--problem-column", "question"], "no problem column"),
+        (["--top-p", "0"], "top_p"),
+    ]
+    for extra, msg in bad:
+        with pytest.raises(ShortcotError, match=msg):
+            run_cli.main(argv(tmp_path / "bad", *extra))
+    assert not (tmp_path / "bad").exists()  # refused before writing anything
+    from artifacts.errors import run_cli as wrap
+
+    with pytest.raises(SystemExit) as exit_info:
+        wrap(run_cli.main, argv(tmp_path / "bad", "--vote", "4"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --vote 4 needs --samples >= 4")
+
+
+def test_load_problems_formats(tmp_path, monkeypatch):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"question": "q1", "solution": 0.5, "level": "Level 3", "uid": "x"},
+        {"question": "q2", "solution": 7.0, "level": "Level 1", "uid": "y"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    probs = load_problems(
+        tmp_path / "d.parquet", problem_column="question", answer_column="solution", id_column="uid"
+    )
+    assert [(p.id, p.problem, p.answer, p.difficulty) for p in probs] == [
+        ("x", "q1", "0.5", "Level 3"),
+        ("y", "q2", "7", "Level 1"),
+    ]  # AMC-style 7.0 -> "7"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "saved")
+    )
+    probs = load_problems(tmp_path / "saved", "question", "solution", limit=1)
+    assert [(p.id, p.answer) for p in probs] == [("0", "0.5")]
+    with pytest.raises(ShortcotError, match="no split 'train'"):
+        load_problems(tmp_path / "saved", "question", "solution", split="train")
+    (tmp_path / "arr.json").write_text(json.dumps([{"problem": "p", "answer": 3}]))
+    assert load_problems(tmp_path / "arr.json")[0].answer == "3"
+    write_jsonl(tmp_path / "dup.jsonl", [{"id": 1, "problem": "a", "answer": "1"}] * 2)
+    with pytest.raises(ShortcotError, match="twice"):
+        load_problems(tmp_path / "dup.jsonl")
+    with pytest.raises(ShortcotError, match="no answer column"):
+        load_problems(tmp_path / "d.parquet", problem_column="question")
+
+    # presets: the Hub is asked only for a preset name, with the built-in column mapping
+    asked = []
+
+    def fake_load_dataset(hub_id, config=None, split=None):
+        asked.append((hub_id, config, split))
+        return datasets.Dataset.from_list(
+            [{"question": "Tom has 3...", "answer": "3 + 4 = 7\n#### 1,007"}]
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (p,) = load_problems("gsm8k")
+    assert asked == [("openai/gsm8k", "main", "test")]
+    assert (p.problem, p.answer) == ("Tom has 3...", "1007")
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ShortcotError, match="cannot load HuggingFaceH4/MATH-500"):
+        load_problems("math500")
+
+
+def _fake_run(folder: Path, acc, se, tokens):
+    folder.mkdir()
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "accuracy": acc,
+                "accuracy_se": se,
+                "mean_tokens": tokens,
+                "p90_tokens": 2 * tokens,
+                "truncation_rate": 0.0,
+                "n_problems": 5,
+                "samples_per_problem": 2,
+            }
+        )
+    )
+    return str(folder)
+
+
+def test_compare_cli_table_and_plot(tmp_path, capsys):
+    a = _fake_run(tmp_path / "base", 0.60, 0.02, 2000.0)
+    b = _fake_run(tmp_path / "dler", 0.62, 0.02, 900.0)
+    c = _fake_run(tmp_path / "bad", 0.50, 0.03, 1500.0)
+    plot, table = tmp_path / "pareto.png", tmp_path / "table.md"
+    assert (
+        compare_cli.main(
+            [a, b, c, "--labels", "base", "DLER", "bad", "--plot", str(plot), "--out", str(table)]
+        )
+        == 0
+    )
+    text = table.read_text()
+    assert "| DLER | 62.0 | 2.0 | +2.0 | 900 | -55.0 | 1800 | 0.0 | 5x2 | * |" in text
+    assert "| bad | 50.0 | 3.0 | -10.0 | 1500 | -25.0 |" in text
+    assert text in capsys.readouterr().out
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ShortcotError, match="already exists"):
+        compare_cli.main([a, b, "--plot", str(plot)])
+    compare_cli.main([a, b, "--plot", str(plot), "--force"])
+    with pytest.raises(ShortcotError, match="labels"):
+        compare_cli.main([a, b, "--labels", "x"])
+    with pytest.raises(ShortcotError, match="no summary.json"):
+        compare_cli.main([a, str(tmp_path)])
+
+
+def test_r1_style_template_opens_think_block_in_prompt(setup, tmp_path):
+    """With ``<think>`` in the generation prompt (R1 / Qwen3 templates), an unclosed
+    completion is all thinking; with a plain template it has no think block."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "r1_model"
+    shutil.copytree(setup["model"], model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = tok.chat_template.replace(
+        "'<|assistant|>\n' }}{% endif %}", "'<|assistant|>\n<think>\n' }}{% endif %}"
+    )
+    tok.save_pretrained(model)
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+    ).endswith("<think>\n")
+    cfg = cfg_for(setup, tmp_path / "r1", model=str(model), samples=2, max_new_tokens=8)
+    cfg_plain = cfg_for(setup, tmp_path / "plain", samples=2, max_new_tokens=8)
+    evaluate(cfg)
+    evaluate(cfg_plain, backend=setup["backend"])
+    for out in ("r1", "plain"):
+        for r in records(tmp_path / out).values():
+            if "</think>" in r["completion"]:
+                continue  # closed by chance: split at the tag
+            if out == "r1":
+                assert (r["thinking_tokens"], r["answer_tokens"]) == (r["tokens"], 0)
+            elif "<think>" not in r["completion"]:
+                assert (r["thinking_tokens"], r["answer_tokens"]) == (None, r["tokens"])
+
+
+def test_config_file_and_flag_precedence(setup, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: {setup['model']}\ndata: {setup['data']}\nsamples: 3\ntemperature: 0.7\nmax-new-tokens: '12'\n"
+    )
+    cfg, options = run_cli.parse_config(["--config", str(recipe), "--out", "x", "--samples", "2"])
+    assert (cfg.model, cfg.samples, cfg.temperature, cfg.max_new_tokens) == (
+        setup["model"],
+        2,
+        0.7,
+        12,
+    )
+    assert options == {"push_to_hub": None, "private": False}
+    recipe.write_text("modle: typo\n")
+    with pytest.raises(ShortcotError, match="unknown key"):
+        run_cli.parse_config(["--config", str(recipe), "--out", "x"])
+    with pytest.raises(ShortcotError, match="--model, --data required"):
+        run_cli.parse_config(["--out", "x"])
+    # the shipped recipes parse
+    for name in ("paper_protocol", "testbed"):
+        path = Path(__file__).parent.parent / "configs" / "evals" / f"{name}.yaml"
+        cfg, _ = run_cli.parse_config(
+            ["--config", str(path), "--model", "m", "--data", "d", "--out", "o"]
+        )
+        assert cfg.temperature == 0.6 and cfg.top_p == 0.95

@@ -1,0 +1,198 @@
+"""Golden tests for train.rewards: every method's formula on hand-worked numbers, and the TRL
+reward function on text and conversational completions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from artifacts.errors import ShortcotError
+from evals.grading import Grade
+from train.rewards import (
+    LengthReward,
+    RewardConfig,
+    arora_zanette_rewards,
+    binary_reward,
+    da_dler_target,
+    has_repetition,
+    is_truncated,
+    kimi_rewards,
+    l1_exact_reward,
+    l1_max_reward,
+    laser_base_reward,
+    laser_de_reward,
+    laser_reward,
+    truncation_reward,
+)
+
+EOS = 2
+
+
+def test_base_rewards():
+    assert binary_reward(Grade(True, "1", True)) == 1.0
+    assert binary_reward(Grade(False, "2", True)) == 0.0
+    assert laser_base_reward(Grade(True, "1", True)) == 1.0
+    assert laser_base_reward(Grade(False, "2", True)) == -0.5
+    assert laser_base_reward(Grade(False, None, False)) == -1.0
+
+
+def test_truncation_from_ids_only():
+    assert not is_truncated([7, 8, EOS], [EOS])
+    assert is_truncated([7, 8, 9], [EOS])
+    # EOS after the limit: cut off at L_T = 2 even though generation went on
+    assert is_truncated([7, 8, EOS], [EOS], limit=2)
+    assert not is_truncated([7, EOS, 9], [EOS, 99], limit=2)
+
+
+def test_truncation_reward_paper_and_code():
+    assert truncation_reward(1.0, False) == 1.0
+    assert truncation_reward(1.0, True) == 0.0
+    assert truncation_reward(1.0, True, truncated_factor=0.1) == pytest.approx(0.1)
+    assert truncation_reward(0.0, True, truncated_factor=0.1) == 0.0
+
+
+def test_laser_values():
+    # ALGORITHMS.md: 1.5 correct & short, 1.0 correct & long, -0.5 wrong, -1 malformed
+    assert laser_reward(1.0, True, 100, 100) == 1.5  # L <= L_T counts as within
+    assert laser_reward(1.0, True, 101, 100) == 1.0
+    assert laser_reward(-0.5, False, 10, 100) == -0.5
+    assert laser_reward(-1.0, False, 10, 100) == -1.0
+
+
+def test_laser_de_values():
+    assert laser_de_reward(1.0, True, 50, 100) == 1.5
+    assert laser_de_reward(1.0, True, 150, 100) == 1.0
+    assert laser_de_reward(-0.5, False, 50, 100) == -0.5  # wrong and short: no bonus
+    assert laser_de_reward(-0.5, False, 150, 100) == 0.0  # wrong and long: exploration bonus
+    assert laser_de_reward(-0.5, False, 150, 100, repetitive=True) == -0.5
+    assert laser_de_reward(-1.0, False, 150, 100) == -0.5
+
+
+def test_da_dler_rule():
+    assert da_dler_target(4 / 8) == 2000
+    assert da_dler_target(3 / 8) == 4000
+    assert da_dler_target(1.0, short_target=10, long_target=20) == 10
+
+
+def test_l1_exact_and_max():
+    # 1 - 0.0003 * |700 - 1000| = 1 - 0.09 = 0.91
+    assert l1_exact_reward(1.0, 700, 1000) == pytest.approx(0.91)
+    assert l1_exact_reward(-0.5, 1300, 1000) == pytest.approx(-0.59)
+    # clip(0.01 * (100 - 80) + 0.5, 0, 1) = 0.7 ; (100 - 20) -> 1.3 -> 1 ; (100 - 160) -> -0.1 -> 0
+    assert l1_max_reward(True, 80, 100) == pytest.approx(0.7)
+    assert l1_max_reward(True, 20, 100) == 1.0
+    assert l1_max_reward(True, 160, 100) == 0.0
+    assert l1_max_reward(False, 20, 100) == 0.0
+
+
+def test_kimi_group():
+    # lengths 100, 200, 300 -> lam = 0.5, 0, -0.5 ; wrong gets min(0, lam)
+    out = kimi_rewards([1.0, 1.0, -0.5], [True, True, False], [100, 200, 300])
+    assert out == pytest.approx([1.5, 1.0, -1.0])
+    out = kimi_rewards([-0.5, 1.0], [False, True], [100, 300])  # wrong but shortest: min(0, .5) = 0
+    assert out == pytest.approx([-0.5, 0.5])
+    assert kimi_rewards([1.0, 1.0], [True, True], [5, 5]) == [1.0, 1.0]
+
+
+def test_arora_zanette_group():
+    # correct lengths 100, 300: mean 200, std 100 -> z = -1, +1 ; wrong unchanged
+    sig = 1 / (1 + math.exp(-1))  # 0.7311
+    out = arora_zanette_rewards([1.0, 1.0, 0.0], [True, True, False], [100, 300, 50], alpha=0.4)
+    assert out == pytest.approx([1 - 0.4 * (1 - sig), 1 - 0.4 * sig, 0.0])
+    assert arora_zanette_rewards([1.0], [True], [7], alpha=0.2) == pytest.approx([0.9])
+
+
+def test_repetition_detector():
+    assert has_repetition([1, 2, 3] * 3, n=3, repeats=3)
+    assert not has_repetition([1, 2, 3] * 2 + [4, 5, 6], n=3, repeats=3)
+
+
+def _fake_grader(completion, reference):
+    ok = f"\\boxed{{{reference}}}" in completion
+    fmt = "\\boxed" in completion
+    return Grade(ok, reference if ok else None, fmt)
+
+
+def _call(method, completions, ids, answers, keys=None, **cfg):
+    rf = LengthReward(RewardConfig(method=method, **cfg), eos_token_ids=[EOS], grader=_fake_grader)
+    kw = {"id": keys} if keys else {}
+    return rf(
+        prompts=["p"] * len(completions),
+        completions=completions,
+        completion_ids=ids,
+        answer=answers,
+        **kw,
+    ), rf
+
+
+def test_length_reward_text_and_conversational_agree():
+    texts = ["</think> \\boxed{3}", "</think> \\boxed{4}", "no box", "</think> \\boxed{3}"]
+    ids = [[5] * 3 + [EOS], [5] * 3 + [EOS], [5] * 3 + [EOS], [5] * 9 + [EOS]]
+    answers = ["3"] * 4
+    plain, _ = _call("laser", texts, ids, answers, target_length=5)
+    conv, _ = _call(
+        "laser",
+        [[{"role": "assistant", "content": t}] for t in texts],
+        ids,
+        answers,
+        target_length=5,
+    )
+    assert plain == conv == [1.5, -0.5, -1.0, 1.0]
+
+
+def test_length_reward_truncation_uses_ids_not_text():
+    texts = ["</think> \\boxed{3}"] * 3
+    ids = [[5, 5, EOS], [5, 5, 5, 5], [5, 5, 5, EOS]]  # 2nd never ends; 3rd ends after L_T = 3
+    out, rf = _call("truncation", texts, ids, ["3"] * 3, target_length=3)
+    assert out == [1.0, 0.0, 0.0]
+    assert rf.last["truncated"] == [False, True, True]
+    out, _ = _call("truncation", texts, ids, ["3"] * 3, target_length=3, truncated_factor=0.1)
+    assert out == pytest.approx([1.0, 0.1, 0.1])
+
+
+def test_length_reward_laser_d_uses_bucket_targets():
+    # group a: 2/2 correct -> easy (target 2); group b: 1/2 -> medium (target 10)
+    texts = ["\\boxed{1}", "\\boxed{1}", "\\boxed{1}", "\\boxed{9}"]
+    ids = [[5, 5, 5, EOS]] * 4  # length 4
+    rf = LengthReward(
+        RewardConfig(method="laser_d", target_length=50), eos_token_ids=[EOS], grader=_fake_grader
+    )
+    rf.targets = {"easy": 2, "medium": 10, "hard": 50}
+    out = rf(
+        prompts=["a", "a", "b", "b"],
+        completions=texts,
+        completion_ids=ids,
+        answer=["1"] * 4,
+        id=["a", "a", "b", "b"],
+    )
+    assert out == [1.0, 1.0, 1.5, -0.5]
+    assert rf.last["targets"] == [2, 2, 10, 10]
+
+
+def test_length_reward_da_dler_and_group_methods():
+    texts = ["\\boxed{1}", "\\boxed{1}", "\\boxed{1}", "\\boxed{2}", "\\boxed{2}"]
+    ids = [
+        [5] * 5 + [EOS],
+        [5] * 2 + [EOS],
+        [5] * 5 + [EOS],
+        [5] * 2 + [EOS],
+        [5] * 2 + [EOS],
+    ]  # 6, 3, 6, 3, 3
+    keys = ["a", "a", "b", "b", "b"]
+    # a: ratio 1 >= 0.5 -> short target 4, its 6-token answer is truncated;
+    # b: ratio 1/3 < 0.5 -> long target 10, its 6-token answer keeps its reward
+    out, _ = _call("da_dler", texts, ids, ["1"] * 5, keys, target_length=10, da_short_target=4)
+    assert out == [0.0, 1.0, 1.0, 0.0, 0.0]
+    # Kimi (Laser base reward): a: lengths 6, 3 -> lam -0.5, 0.5 -> 0.5, 1.5;
+    # b: correct 6 -> 1 - 0.5; wrong 3-token ones: -0.5 + min(0, 0.5)
+    out, _ = _call("kimi", texts, ids, ["1"] * 5, keys)
+    assert out == pytest.approx([0.5, 1.5, 0.5, -0.5, -0.5])
+
+
+def test_missing_answer_column_is_a_clear_error():
+    rf = LengthReward(RewardConfig(method="laser"), eos_token_ids=[EOS], grader=_fake_grader)
+    with pytest.raises(ShortcotError, match="answer"):
+        rf(prompts=["p"], completions=["x"], completion_ids=[[EOS]])
+    with pytest.raises(ShortcotError, match="unknown reward method"):
+        RewardConfig(method="nope")

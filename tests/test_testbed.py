@@ -1,0 +1,304 @@
+"""Tests of the CPU testbed: generator, grader, teacher, and a tiny build end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+
+import pytest
+import torch
+
+from artifacts.errors import ShortcotError
+from evals.grading import Grade, get_grader
+from testbed import build as tb
+from testbed import sft
+from testbed.task import (
+    Problem,
+    generate_split,
+    grade,
+    minimal_trace,
+    parse_problem,
+    sample_problem,
+)
+from testbed.teacher import (
+    TeacherConfig,
+    audit_trace,
+    lomax_count,
+    teacher_completion,
+    teacher_thinking,
+)
+
+EXAMPLE = Problem(("a", "b", "c", "d"), (3, 5, 2, 7))
+
+
+# ------------------------------------------------------------------------ generator
+
+
+def test_problem_text_answer_and_minimal_trace_golden():
+    assert EXAMPLE.text == "Add the digits mod 10: a 3 b 5 c 2 d 7"
+    assert EXAMPLE.answer == 7  # 3+5+2+7 = 17
+    assert EXAMPLE.partial_sums() == [3, 8, 0, 7]
+    assert minimal_trace(EXAMPLE) == (
+        "<think>\na is 3, total 3. b is 5, 3 + 5 = 8. c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7.\n</think>\n\\boxed{7}"
+    )
+    assert parse_problem(EXAMPLE.text) == EXAMPLE
+
+
+def test_generator_is_deterministic_and_respects_difficulty():
+    a = generate_split("train", 200, seed=3, min_difficulty=2, max_difficulty=9)
+    b = generate_split("train", 200, seed=3, min_difficulty=2, max_difficulty=9)
+    c = generate_split("train", 200, seed=4, min_difficulty=2, max_difficulty=9)
+    assert a == b
+    assert a != c
+    assert {p.difficulty for p in a} == set(range(2, 10))
+    for p in a:
+        assert "".join(p.labels) == "abcdefghi"[: p.difficulty]  # labelled a, b, c, ... in order
+        assert p.answer == sum(p.digits) % 10
+        assert parse_problem(p.text) == p
+    with pytest.raises(ValueError):
+        sample_problem(random.Random(0), 0)
+
+
+def test_splits_are_disjoint_and_differ_by_stream():
+    cfg = tb.make_config("tiny")
+    data = tb.make_data(cfg)
+    held_out = {p.text for p in data["test"]} | {p.text for p in data["monitor"]}
+    assert not held_out & {p.text for p in data["train"]}
+    assert [p.text for p in data["test"][:20]] != [p.text for p in data["monitor"][:20]]
+
+
+# ---------------------------------------------------------------------------- grader
+
+
+@pytest.mark.parametrize(
+    "completion,reference,expected",
+    [
+        ("<think>\nk is 3, total 3.\n</think>\n\\boxed{3}", "3", Grade(True, "3", True)),
+        ("<think> a is 9, total 9. </think> \\boxed{ 9 }", "9", Grade(True, "9", True)),
+        (
+            "<think> a is 9, total 9. </think> \\boxed{09}",
+            "9",
+            Grade(True, "09", True),
+        ),  # integer compare
+        ("<think> a is 9, total 9. </think> \\boxed{8}", "9", Grade(False, "8", True)),
+        (
+            "<think> \\boxed{7} </think> \\boxed{4}",
+            "7",
+            Grade(False, "4", True),
+        ),  # last box after </think>
+        ("<think> so \\boxed{7}", "7", Grade(False, None, False)),  # never closed: no answer
+        ("<think> a is 7 </think> the answer is 7", "7", Grade(False, None, False)),
+        ("<think> </think> \\boxed{x}", "7", Grade(False, "x", True)),  # not an integer: wrong
+    ],
+)
+def test_grade_golden(completion, reference, expected):
+    assert grade(completion, reference) == expected
+
+
+def test_grader_is_registered_as_testbed():
+    assert get_grader("testbed") is grade
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def test_lomax_count_golden():
+    class FixedRng:
+        def __init__(self, r):
+            self.r = r
+
+        def random(self):
+            return self.r
+
+    # u = 1 - 0.75 = 0.25; 0.25 ** (-1/1.5) = 2.5198; scale 1 -> floor(1.5198) = 1
+    assert lomax_count(FixedRng(0.75), scale=1.0, alpha=1.5, cap=9) == 1
+    # scale 4 -> floor(6.079) = 6, capped at 5
+    assert lomax_count(FixedRng(0.75), scale=4.0, alpha=1.5, cap=5) == 5
+    assert lomax_count(FixedRng(0.0), scale=4.0, alpha=1.5, cap=5) == 0  # u = 1 -> 0
+
+
+def test_teacher_traces_are_correct_and_errors_are_caught():
+    cfg = TeacherConfig()
+    problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=9)
+    injected = 0
+    for i, p in enumerate(problems):
+        rng = random.Random(i)
+        thinking = teacher_thinking(p, rng, cfg)
+        audit = audit_trace(p, thinking)
+        assert audit.complete, thinking  # every term summed, the right final sum
+        assert audit.steps == p.difficulty
+        assert audit.caught == audit.wrong_steps, thinking  # every injected error is fixed
+        injected += audit.wrong_steps
+        completion = teacher_completion(p, random.Random(i), cfg)
+        assert grade(completion, str(p.answer)).correct
+    assert injected > 30  # errors are actually injected (about 9% of steps)
+
+
+def test_audit_flags_an_uncaught_error():
+    good = "a is 3, total 3. b is 5, 3 + 5 = 8. c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7."
+    assert audit_trace(EXAMPLE, good).complete
+    bad = "a is 3, total 3. b is 5, 3 + 5 = 9. c is 2, 9 + 2 = 1. d is 7, 1 + 7 = 8."
+    audit = audit_trace(EXAMPLE, bad)
+    assert audit.wrong_steps == 1 and audit.caught == 0 and not audit.complete
+    fixed = (
+        "a is 3, total 3. b is 5, 3 + 5 = 9. wait, let me check: b is 5, 3 + 5 = 8, not 9. "
+        "c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7."
+    )
+    audit = audit_trace(EXAMPLE, fixed)
+    assert audit.wrong_steps == 1 and audit.caught == 1 and audit.checks == 1 and audit.complete
+
+
+def test_teacher_overthinks_more_on_easy_and_errs_more_on_hard():
+    cfg = TeacherConfig()
+    rng = random.Random(0)
+    stats = {}
+    for d in (2, 9):
+        problems = [sample_problem(rng, d) for _ in range(400)]
+        audits, ratios = [], []
+        for p in problems:
+            thinking = teacher_thinking(p, rng, cfg)
+            audits.append(audit_trace(p, thinking))
+            ratios.append(len(thinking) / len(" ".join(minimal_trace(p).split("\n")[1:2])))
+        stats[d] = (
+            statistics.mean(ratios),
+            statistics.mean(a.rechecks for a in audits),
+            statistics.mean(a.wrong_steps / d for a in audits),
+        )
+    assert stats[2][0] > stats[9][0] > 1.5  # relative redundancy is larger on easy problems
+    assert stats[2][1] > stats[9][1]  # more whole re-computations on easy problems
+    assert stats[9][2] > 2 * stats[2][2]  # more injected (and caught) errors per step on hard ones
+    counts = [lomax_count(rng, 2.0, 1.5, 10**6) for _ in range(20000)]
+    assert max(counts) > 20 * statistics.mean(counts)  # heavy tail before the cap
+
+
+# ---------------------------------------------------------------------- training bits
+
+
+def test_lr_schedule_golden():
+    cfg = tb.BuildConfig(steps=110, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    assert sft.lr_at(0, cfg) == pytest.approx(1e-4)
+    assert sft.lr_at(9, cfg) == pytest.approx(1e-3)
+    assert sft.lr_at(60, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half way: cos = 0
+    assert sft.lr_at(110, cfg) == pytest.approx(1e-4)
+
+
+def test_micro_batches_and_collate_mask_the_prompt():
+    examples = [([1, 2, 3, 4, 5], 2), ([1, 2, 3], 1), ([1, 2, 3, 4, 5, 6, 7, 8], 3)]
+    pieces = sft.micro_batches(examples, [0, 1, 2], max_tokens=10)
+    assert pieces == [[1, 0], [2]]  # 2 x 5 = 10 tokens fit; adding the 8-long one would not
+    batch = sft.collate(examples, [1, 0], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]]
+    assert batch["labels"].tolist() == [[-100, 2, 3, -100, -100], [-100, -100, 3, 4, 5]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_completion_loss_sums_match_the_mean_loss(tiny_model_dir):
+    """The micro-batch loss (sum / tokens) equals HF's mean loss on the same labels."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    examples = [([5, 6, 7, 8, 9, 10], 2), ([5, 6, 7, 8], 3)]
+    batch = sft.collate(examples, [0, 1], pad_id=model.config.pad_token_id)
+    n_tokens = sum(len(s) - p for s, p in examples)
+    ours = sft.completion_loss(model, batch) / n_tokens
+    theirs = model(**batch).loss
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- tiny build
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tb") / "testbed"
+    t0 = time.time()
+    tb.build(out, tb.make_config("tiny"), progress=False)
+    return out, time.time() - t0
+
+
+def test_tiny_build_is_a_standard_hf_folder(tiny_build):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evals.prompts import build_messages
+
+    out, seconds = tiny_build
+    assert seconds < 30
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.chat_template and "generation" in tok.chat_template
+    assert model.config.eos_token_id == tok.eos_token_id
+    assert (out / "model" / "README.md").exists() and (
+        out / "model" / "generation_config.json"
+    ).exists()
+    prompt = tok.apply_chat_template(
+        build_messages(EXAMPLE.text), add_generation_prompt=True, tokenize=False
+    )
+    assert prompt.endswith("<|assistant|>\n") and "\\boxed{}" in prompt
+    assert len(tok.encode("<think>", add_special_tokens=False)) == 1
+    cfg = tb.make_config("tiny")
+    for split, n in (("train", cfg.n_train), ("monitor", cfg.n_monitor), ("test", cfg.n_test)):
+        rows = [json.loads(line) for line in open(out / "data" / f"{split}.jsonl")]
+        assert len(rows) == n
+        assert set(rows[0]) == {"id", "problem", "answer", "difficulty"}
+        assert all(isinstance(r["difficulty"], int) for r in rows)
+        assert all(parse_problem(r["problem"]).answer == int(r["answer"]) for r in rows)
+    info = json.loads((out / "build.json").read_text())
+    assert info["digest"] == cfg.digest() and len(info["log"]) == cfg.steps
+    assert info["log"][-1]["loss"] < info["log"][0]["loss"]  # training did something
+
+
+def test_tiny_build_is_cached_and_refuses_other_settings(tiny_build):
+    out, _ = tiny_build
+    t0 = time.time()
+    assert tb.build(out, tb.make_config("tiny"), progress=False) == out
+    assert time.time() - t0 < 1.0  # cached: no training
+    with pytest.raises(ShortcotError, match="--force"):
+        tb.build(out, tb.make_config("tiny", seed=1), progress=False)
+
+
+def test_cli_errors_on_mismatch_without_force(tiny_build, capsys):
+    out, _ = tiny_build
+    with pytest.raises(SystemExit) as exc:
+        from artifacts.errors import run_cli
+
+        run_cli(tb.main, ["--out", str(out), "--preset", "tiny", "--seed", "5", "--no-progress"])
+    assert exc.value.code == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_interrupted_build_resumes_to_the_same_model(tiny_build, tmp_path, monkeypatch):
+    """Kill the build after a checkpoint, rerun: the result equals the uninterrupted build."""
+    from safetensors.torch import load_file
+
+    out, _ = tiny_build
+    cfg = tb.make_config("tiny")
+    # Interrupt at the 5th step (after the checkpoint at step 3).
+    real_micro = sft.micro_batches
+    steps = {"n": 0}
+
+    def dying_micro(*args, **kw):
+        steps["n"] += 1
+        if steps["n"] == 5:
+            raise KeyboardInterrupt
+        return real_micro(*args, **kw)
+
+    monkeypatch.setattr(sft, "micro_batches", dying_micro)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        tb.build(resumed, cfg, progress=False)
+    assert not resumed.exists()
+    work = resumed.parent / f".resumed.work-{cfg.digest()}"
+    assert torch.load(work / "checkpoint.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(sft, "micro_batches", real_micro)
+    tb.build(resumed, cfg, progress=False)
+    assert not work.exists()  # cleaned up once complete
+    a = load_file(out / "model" / "model.safetensors")
+    b = load_file(resumed / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert json.loads((resumed / "build.json").read_text())["log"][-1]["loss"] == pytest.approx(
+        json.loads((out / "build.json").read_text())["log"][-1]["loss"], abs=1e-3
+    )
