@@ -4,6 +4,8 @@
 
 No selection at all; the straightforward way with the safetensors library (one input
 shard at a time via ``safe_open``, one output shard per input shard via ``save_file``).
+Runs on one intra-op thread like ``merge.selective``'s default (faster on a shared
+machine; set OMP_NUM_THREADS / pass a second argument to change it).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 
-def main(base: str, tuned: str, out: str) -> None:
+def main(base: str, tuned: str, out: str, threads: str = "1") -> None:
+    torch.set_num_threads(int(threads))
     base, tuned, out = Path(base), Path(tuned), Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -40,4 +44,4 @@ def main(base: str, tuned: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

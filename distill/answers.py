@@ -13,8 +13,8 @@ the steps of the trace. That is task-specific, so detectors are pluggable by nam
 - ``last-number``: the last number in the step (integer, decimal or fraction).
 - ``testbed``: the CPU testbed's traces (`testbed.task`, `testbed.teacher`). The running
   sum after an intermediate term often equals the final answer (1 time in 10), so only
-  the step that adds the *last* labelled digit ("x is 7, 0+7=7"), a whole re-computation
-  ("let me check again: ..., 0+7=7") and "the answer is 7" state the answer. It needs the
+  the step that adds the *last* labelled digit ("d is 7, 0 + 7 = 7"), a whole
+  re-computation ("let me check again: ..., 0 + 7 = 7") and "the answer is 7" state the answer. It needs the
   problem text, which `bind_detector` passes.
 - ``module:function``: any function ``(step: str) -> list[str]``, or
   ``(step: str, problem: str) -> list[str]`` when the problem text is needed.
@@ -100,8 +100,8 @@ def last_number(step: str) -> list[str]:
     return nums[-1:]
 
 
-_TB_STEP = re.compile(r"\b([a-z]) is (\d+), (?:total (\d+)|\d+\+\d+=(\d+))")
-_TB_RECHECK = re.compile(r"check again:.*=(\d+)\s*[.;,]?\s*$")
+_TB_STEP = re.compile(r"\b([a-z]) is (\d+), (?:total (\d+)|\d+ ?\+ ?\d+ ?= ?(\d+))")
+_TB_RECHECK = re.compile(r"check again:.*= ?(\d+)\s*[.;,]?\s*$")
 
 
 def testbed_answers(step: str, problem: str | None = None) -> list[str]:
@@ -109,12 +109,12 @@ def testbed_answers(step: str, problem: str | None = None) -> list[str]:
     problem text ``"Add the digits mod 10: k 3 q 5 ..."``, whose last label marks the
     step that completes the sum.
 
-    >>> p = "Add the digits mod 10: k 3 q 5"
-    >>> testbed_answers("k is 3, total 3. ", p), testbed_answers("q is 5, 3+5=8. ", p)
+    >>> p = "Add the digits mod 10: a 3 b 5"
+    >>> testbed_answers("a is 3, total 3. ", p), testbed_answers("b is 5, 3 + 5 = 8. ", p)
     ([], ['8'])
-    >>> testbed_answers("wait, let me check: q is 5, 3+5=8, not 9. ", p)
+    >>> testbed_answers("wait, let me check: b is 5, 3 + 5 = 8, not 9. ", p)
     ['8']
-    >>> testbed_answers("wait, let me check again: 3+5=8. right.", p), testbed_answers("so the answer is 8.", p)
+    >>> testbed_answers("wait, let me check again: 3 + 5 = 8. right.", p), testbed_answers("so the answer is 8.", p)
     (['8'], ['8'])
     """
     out = _boxed_all(step) + [m.group("x").rstrip(".,;") for m in _ANSWER_IS.finditer(step)]

@@ -269,9 +269,14 @@ CORRECTION = re.compile(
 )
 
 
+_OPERATOR_SPACES = re.compile(r"\s*([=+*/^-])\s*")
+
+
 def _content(step: str) -> tuple[set[str], set[str]]:
     """The values a step states: its equations (tokens with ``=`` and a digit, whole) and
-    every number in it (equations included)."""
+    every number in it (equations included). Spaces around operators are removed first,
+    so ``3 + 5 = 8`` and ``3+5=8`` are the same equation."""
+    step = _OPERATOR_SPACES.sub(r"\1", step)
     tokens = [t.strip(".,;:!?()$") for t in step.split()]
     eqs = {t for t in tokens if "=" in t and any(c.isdigit() for c in t)}
     return eqs, set(re.findall(r"\d+(?:\.\d+)?", step))
@@ -280,6 +285,7 @@ def _content(step: str) -> tuple[set[str], set[str]]:
 def _restates(step: str, eqs: set[str], nums: set[str]) -> bool:
     """``step`` states no equation and no number that is not in ``eqs`` / ``nums``."""
     e, n = _content(step)
+    step = _OPERATOR_SPACES.sub(r"\1", step)
     bare = set(re.findall(r"\d+(?:\.\d+)?", " ".join(t for t in step.split() if "=" not in t)))
     return e <= eqs and bare <= nums and (not e or n <= nums)
 

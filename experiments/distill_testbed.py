@@ -92,7 +92,26 @@ def main(argv=None) -> int:
         "--extra", action="append", default=[], metavar="NAME=PATH", help="more models to evaluate"
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--teacher-traces",
+        type=int,
+        metavar="N",
+        help="instead of the model experiment: compare the strategies on N problems x --samples "
+        "traces of the testbed's long-chain teacher (no model needed; seconds)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="with --teacher-traces: tokenizer for token counts (default: the testbed model's)",
+    )
     args = p.parse_args(argv)
+    if args.teacher_traces:
+        tok = args.tokenizer or str(Path(args.testbed) / "model")
+        table = strategy_table(args.teacher_traces, args.samples, tok)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "strategies.md").write_text(table + "\n")
+        print(table)
+        return 0
 
     import torch
 
@@ -165,6 +184,76 @@ def main(argv=None) -> int:
     )
     print(table)
     return 0
+
+
+def strategy_table(n: int, samples: int, tokenizer_path: str, seed: int = 0) -> str:
+    """Each strategy on the testbed teacher's traces: tokens kept, and whether the kept traces
+    still sum every term and keep every check that fixed an error (`testbed.teacher.audit_trace`,
+    the testbed's own auditor)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from distill.answers import bind_detector, get_detector
+    from distill.steps import split_completion
+    from distill.strategies import Context, Trace, make_strategy, run_pipeline
+    from evals.grading import get_grader
+    from testbed.task import minimal_trace, sample_problem
+    from testbed.teacher import audit_trace, teacher_completion
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    rng = random.Random(seed)
+    problems = [sample_problem(rng, rng.randint(2, 9)) for _ in range(n)]
+    traces = [[teacher_completion(p, rng) for _ in range(samples)] for p in problems]
+    grade, det = get_grader("testbed"), get_detector("testbed")
+    pipelines = {
+        "any-correct (uncompressed)": ["any-correct"],
+        "shortest-correct": ["shortest-correct"],
+        "first-correct": ["first-correct"],
+        "first-correct + verification": ["first-correct"],
+        "step-prune": ["step-prune"],
+        "any-correct,first-correct,step-prune": ["any-correct", "first-correct", "step-prune"],
+        "shortest-correct,first-correct,step-prune": [
+            "shortest-correct",
+            "first-correct",
+            "step-prune",
+        ],
+    }
+    all_mean = sum(count(t) for ts in traces for t in ts) / (n * samples)
+    lines = [
+        f"| strategy (testbed teacher, {n} problems x {samples} traces) | mean tokens kept | vs all traces "
+        "| traces still complete | error fixes kept |",
+        "|---|---|---|---|---|",
+    ]
+    for name, pipe in pipelines.items():
+        opts = StrategyOptions(keep_verification="verification" in name)
+        strategies = [(s, make_strategy(s, opts)) for s in pipe]
+        kept, complete, fixes, fixes_before = [], 0, 0, 0
+        for p, ts in zip(problems, traces):
+            ctx = Context(str(p.answer), grade, count, bind_detector(det, p.text))
+            raw = [Trace(t, count(t), count(t), True, k) for k, t in enumerate(ts)]
+            res = run_pipeline(raw, ctx, strategies)
+            for t in res.kept:
+                kept.append(t.num_tokens)
+                a = audit_trace(p, split_completion(t.text).thinking)
+                src = audit_trace(p, split_completion(ts[t.sample]).thinking)
+                complete += a.complete
+                fixes += a.caught
+                fixes_before += src.caught
+        mean = sum(kept) / len(kept)
+        lines.append(
+            f"| {name} | {mean:.1f} | {mean / all_mean - 1:+.1%} | {complete / len(kept):.1%} "
+            f"| {fixes}/{fixes_before} |"
+        )
+    floor = sum(count(minimal_trace(p)) for p in problems) / n
+    lines.append(
+        f"| (minimal correct trace, the floor) | {floor:.1f} | {floor / all_mean - 1:+.1%} | 100.0% | - |"
+    )
+    return "\n".join(lines)
 
 
 def results_table(summaries: dict, ds: dict, args) -> str:

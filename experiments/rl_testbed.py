@@ -1,6 +1,6 @@
 """RL methods on the CPU testbed with one compute budget: the README's results table and plot.
 
-    python experiments/rl_testbed.py --testbed runs/testbed --out runs/rl_testbed
+    python experiments/rl_testbed.py --testbed runs/testbed --out runs/rl_testbed [--set max_steps=40]
 
 Trains truncation-only GRPO, DLER, LASER, LASER-D and LASER-DE from ``TESTBED/model`` with the
 recipes ``configs/train/<method>_testbed.yaml`` (same steps, batch, learning rate), evaluates
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate on the first N test problems only"
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="evaluation generation limit")
+    p.add_argument("--max-new-tokens", type=int, default=320, help="evaluation generation limit")
     p.add_argument("--batch-size", type=int, default=128, help="evaluation generation batch size")
     p.add_argument(
         "--threads",
@@ -152,7 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--force", action="store_true", help="delete OUT and start over")
     p.add_argument(
-        "overrides", nargs="*", help="key=value overrides for every recipe, e.g. max_steps=20"
+        "--train-only",
+        action="store_true",
+        help="train and evaluate --methods only, without the baseline and the table "
+        "(to run methods in parallel processes; a final run without it writes the table)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every recipe, e.g. --set max_steps=20",
     )
     args = p.parse_args(argv)
     import torch

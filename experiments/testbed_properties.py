@@ -135,7 +135,7 @@ def to_markdown(r: dict, build: dict | None, settings: str) -> str:
         f"Own checks: {pct(c['traces_with_a_wrong_step'])} of traces wrote a wrong step; "
         f"{pct(c['wrong_steps_fixed_by_a_check'])} of wrong steps were fixed by the check after them; "
         f"{c['checks_per_trace']:.2f} step checks and {c['rechecks_per_trace']:.2f} whole re-computations "
-        f"per trace; {pct(c['useless_check_share'])} of step checks followed a right step (useless).",
+        f"per trace; {pct(c['useless_check_share'])} of step checks fixed nothing (useless).",
     ]
     return "\n".join(lines) + "\n"
 

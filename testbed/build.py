@@ -52,13 +52,13 @@ class BuildConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_len: int = 512  # longest training sequence in tokens (longer ones are dropped)
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 64
     micro_batch_tokens: int = 8192  # a step's batch is split into pieces of at most this many
     # padded tokens (gradient accumulation): CPU throughput drops sharply above ~8k tokens
     lr: float = 2e-3
     warmup_steps: int = 30
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.3  # cosine decay ends at lr * min_lr_ratio
     weight_decay: float = 0.0
     checkpoint_every: int = 50
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -292,7 +292,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seed of the data, the teacher and the model init (default 0)",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 500 for default)"
+        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 600 for default)"
     )
     ap.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -301,6 +301,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--force", action="store_true", help="rebuild even if OUT exists (replaces it at the end)"
     )
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="also upload OUT/model to this Hub model repo (created if needed)",
+    )
+    ap.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: make the repo private"
+    )
     return ap.parse_args(argv)
 
 
@@ -314,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     out = build(args.out, cfg, force=args.force, progress=not args.no_progress)
     info = json.loads((out / "build.json").read_text())
+    if args.push_to_hub:
+        from artifacts.hub import push_folder
+
+        url = push_folder(out / "model", args.push_to_hub, private=args.private)
+        print(f"pushed {out / 'model'} to {url}")
     print(
         f"testbed at {out} (digest {info['digest']}; trained in {info['seconds']} s; this run {time.time() - t0:.1f} s)"
     )

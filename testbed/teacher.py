@@ -113,7 +113,9 @@ def teacher_thinking(
         if n == 1:
             redo = f"total {sums[0]}"
         else:
-            redo = ", ".join(f"{sums[i - 1]} + {problem.digits[i]} = {sums[i]}" for i in range(1, n))
+            redo = ", ".join(
+                f"{sums[i - 1]} + {problem.digits[i]} = {sums[i]}" for i in range(1, n)
+            )
         parts.append(f"wait, let me check again: {redo}. right.")
     parts.append(f"so the answer is {problem.answer}.")
     return " ".join(parts)

@@ -589,3 +589,28 @@ def test_force_replaces_existing_output(pair, tmp_path):
         base=str(pair / "base"), tuned=str(pair / "tuned"), out=str(tmp_path / "m"), force=True
     )
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_streaming_holds_few_tensors(pair, tmp_path, monkeypatch, scope):
+    """At most a few input pairs are alive at once, whatever the number of tensors."""
+    import weakref
+
+    import merge.selective as ms
+
+    refs: list = []
+    peak = [0]
+    original = ms.load_pair
+
+    def tracking(plan, job):
+        result = original(plan, job)
+        refs.append(weakref.ref(result))
+        peak[0] = max(peak[0], sum(r() is not None for r in refs))
+        return result
+
+    monkeypatch.setattr(ms, "load_pair", tracking)
+    out = run(
+        base=str(pair / "base"), tuned=str(pair / "tuned"), out=str(tmp_path / "m"), scope=scope
+    )
+    n_tensors = len(json.loads((out / "merge_record.json").read_text())["tensors"])
+    assert n_tensors >= 20 and peak[0] <= 3, (peak[0], n_tensors)

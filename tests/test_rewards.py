@@ -196,3 +196,22 @@ def test_missing_answer_column_is_a_clear_error():
         rf(prompts=["p"], completions=["x"], completion_ids=[[EOS]])
     with pytest.raises(ShortcotError, match="unknown reward method"):
         RewardConfig(method="nope")
+
+
+def test_thinkprune_schedule_lowers_the_target_in_stages():
+    class State:
+        global_step = 0
+
+    rf = LengthReward(
+        RewardConfig(method="truncation", target_length=99, target_schedule=[[0, 4], [10, 2]]),
+        eos_token_ids=[EOS],
+        grader=_fake_grader,
+    )
+    texts, ids = ["\\boxed{3}"], [[5, 5, EOS]]  # 3 tokens
+    assert rf(
+        prompts=["p"], completions=texts, completion_ids=ids, answer=["3"], trainer_state=State()
+    ) == [1.0]
+    State.global_step = 10  # L_T drops to 2: the 3-token answer is now cut off
+    assert rf(
+        prompts=["p"], completions=texts, completion_ids=ids, answer=["3"], trainer_state=State()
+    ) == [0.0]

@@ -195,6 +195,7 @@ config keys (YAML or key=value; nested with dots):
   reward.repetition_check  LASER-DE: no exploration bonus for repetitive responses (released code);
                            reward.repetition_ngram / reward.repetition_repeats set the n-gram detector
   reward.l1_delta          L1-Max's offset delta
+  reward.target_schedule   ThinkPrune stages [[step, L_T], ...] (e.g. [[0,4096],[200,3072],[400,2048]])
   reward.da_short_target, reward.da_threshold             DA-DLER's easy-prompt target and threshold
   advantage                dler (group mean + token-weighted batch std) | grpo | group_mean
   dynamic_sampling, max_extra_rounds                      drop all-equal groups and refill, with a cap on extra rounds

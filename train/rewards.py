@@ -22,6 +22,7 @@ prompt itself); with several processes every process must hold whole groups, whi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -260,6 +261,9 @@ class RewardConfig:
     repetition_ngram, repetition_repeats: the detector's n-gram size and count.
     da_short_target, da_threshold: DA-DLER's short target and easy threshold (long target is
                        ``target_length``).
+    target_schedule:   ThinkPrune-style staged targets: ``[[step, L_T], ...]``; from each
+                       optimizer step on, L_T is the listed value (e.g. [[0, 4096], [200, 3072],
+                       [400, 2048]]); empty = always ``target_length``.
     """
 
     method: str = "truncation"
@@ -274,6 +278,7 @@ class RewardConfig:
     repetition_repeats: int = 3
     da_short_target: int = 2000
     da_threshold: float = 0.5
+    target_schedule: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -291,6 +296,18 @@ class RewardConfig:
             if self.method in ("truncation", "da_dler", "correctness", "l1_max")
             else "laser"
         )
+
+    def target_at(self, step: int) -> int:
+        """L_T at optimizer step ``step`` (ThinkPrune's stages when ``target_schedule`` is set).
+
+        >>> RewardConfig(target_length=9, target_schedule=[[0, 4096], [10, 2048]]).target_at(12)
+        2048
+        """
+        target = self.target_length
+        for start, value in sorted(self.target_schedule):
+            if step >= start:
+                target = int(value)
+        return target
 
     def resolved_alpha(self) -> float:
         if self.alpha is not None:
@@ -329,6 +346,10 @@ class LengthReward:
         from train.laser_d import bucket_of
 
         cfg = self.config
+        state = kwargs.get("trainer_state")
+        if cfg.target_schedule:  # ThinkPrune stages: L_T follows the optimizer step
+            step = state.global_step if state is not None else 0
+            cfg = dataclasses.replace(cfg, target_length=cfg.target_at(step), target_schedule=[])
         n = len(completions)
         grades = [self.grader(completion_text(c), str(a)) for c, a in zip(completions, answer)]
         base_fn = binary_reward if cfg.resolved_base() == "binary" else laser_base_reward

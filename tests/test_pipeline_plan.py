@@ -1,0 +1,103 @@
+"""The pipeline's plan (pure) and publishing (mocked Hub)."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+
+from artifacts.config import load_config
+from artifacts.errors import ShortcotError
+from pipeline.config import PipelineConfig
+from pipeline.plan import plan
+from pipeline.publish import publish
+
+
+def _by_name(stages):
+    return {s.name: s for s in stages}
+
+
+def test_default_plan_runs_the_dler_story_on_the_testbed():
+    stages = plan(PipelineConfig())
+    assert [s.name for s in stages] == [
+        "testbed",
+        "rl",
+        "merge",
+        "distill_data",
+        "distill_sft",
+        "eval_base",
+        "eval_dler",
+        "eval_merged",
+        "eval_distilled",
+        "compare",
+    ]
+    s = _by_name(stages)
+    assert s["testbed"].force_flag is None  # testbed.build has its own cache: never force a rebuild
+    assert "model=runs/testbed/model" in s["rl"].args
+    merge = s["merge"].args
+    assert merge[merge.index("--tuned") + 1] == "runs/pipeline/models/dler"
+    assert (
+        merge[merge.index("--density") + 1] == "0.25" and merge[merge.index("--scale") + 1] == "0.7"
+    )
+    assert (
+        s["eval_distilled"].args[s["eval_distilled"].args.index("--model") + 1]
+        == "runs/pipeline/models/distilled"
+    )
+    assert all(s[f"eval_{m}"].resumes_in_place for m in ("base", "dler", "merged", "distilled"))
+
+
+def test_changed_upstream_settings_invalidate_downstream_stages(tmp_path):
+    a = _by_name(plan(PipelineConfig()))
+    b = _by_name(plan(PipelineConfig(merge_density=0.5)))
+    assert a["rl"].key() == b["rl"].key()
+    assert a["merge"].key() != b["merge"].key()
+    assert a["eval_merged"].key() != b["eval_merged"].key()
+    assert a["eval_dler"].key() == b["eval_dler"].key()
+    c = _by_name(plan(PipelineConfig(rl_overrides=["learning_rate=1e-5"])))
+    assert c["rl"].key() != a["rl"].key()
+    assert c["merge"].key() != a["merge"].key()  # the tuned model changed
+    assert c["eval_dler"].key() != a["eval_dler"].key()
+    assert c["eval_base"].key() == a["eval_base"].key()
+
+
+def test_gpu_recipe_points_at_r1_and_skips_the_testbed():
+    cfg = load_config(PipelineConfig, "configs/pipeline/r1_1.5b_gpu.yaml")
+    stages = _by_name(plan(cfg))
+    assert "testbed" not in stages
+    assert "model=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in stages["rl"].args
+    assert "math500" in stages["eval_base"].args
+
+
+def test_bad_pipeline_config_is_one_clear_error():
+    with pytest.raises(ShortcotError, match="train_data and test_data"):
+        plan(PipelineConfig(base_model="org/model"))
+    with pytest.raises(ShortcotError, match="recipe .* does not exist"):
+        plan(PipelineConfig(rl_config="configs/train/nope.yaml"))
+
+
+def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
+    cfg = PipelineConfig(workdir=str(tmp_path / "run"), testbed_out=str(tmp_path / "tb"))
+    model = tmp_path / "run" / "models" / "merged"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (model / "README.md").write_text("---\ntags: [shortcot]\n---\n# merged\n")
+    (tmp_path / "run" / "report").mkdir()
+    (tmp_path / "run" / "report" / "table.md").write_text(
+        "| run | accuracy |\n|---|---|\n| merged | 90 |\n"
+    )
+    seen = {}
+
+    def upload_folder(folder_path, **kw):
+        seen["card"] = open(f"{folder_path}/README.md").read()
+
+    api = mock.Mock()
+    api.create_repo.return_value = "https://hf.co/me/m"
+    api.upload_folder.side_effect = upload_folder
+    assert publish(cfg, "merged", "me/m", api=api) == "https://hf.co/me/m"
+    assert "| merged | 90 |" in seen["card"] and "## Evaluation" in seen["card"]
+    assert "Evaluation" not in (model / "README.md").read_text()  # the run itself is untouched
+    with pytest.raises(ShortcotError, match="no finished model"):
+        publish(cfg, "dler", "me/m", api=api)
+    with pytest.raises(ShortcotError, match="cannot publish"):
+        publish(cfg, "base", "me/m", api=api)
