@@ -178,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.train_only:
+        for method in args.methods:
+            print(f"== {METHODS[method]}", flush=True)
+            train_one(method, testbed, out, args.overrides)
+            evaluate_one(out / "models" / method, testbed, out / "evals" / method, args)
+        return 0
     summaries = [evaluate_one(testbed / "model", testbed, out / "evals" / "untrained", args)]
     labels = ["untrained"]
     costs = {}

@@ -91,6 +91,8 @@ def measure(samples: list[dict], problems: dict[str, dict], tokenizer, budgets: 
             "useless_check_share": sum(a.useless_checks for a in audits)
             / max(sum(a.checks for a in audits), 1),
             "rechecks_per_trace": statistics.mean(a.rechecks for a in audits),
+            "wrong_sum_share": sum(a.wrong_sums for a in audits)
+            / max(sum(a.steps for a in audits), 1),
         },
     }
     result["length_ratio"] = result["mean_tokens"] / result["mean_minimal_tokens"]
@@ -135,7 +137,8 @@ def to_markdown(r: dict, build: dict | None, settings: str) -> str:
         f"Own checks: {pct(c['traces_with_a_wrong_step'])} of traces wrote a wrong step; "
         f"{pct(c['wrong_steps_fixed_by_a_check'])} of wrong steps were fixed by the check after them; "
         f"{c['checks_per_trace']:.2f} step checks and {c['rechecks_per_trace']:.2f} whole re-computations "
-        f"per trace; {pct(c['useless_check_share'])} of step checks fixed nothing (useless).",
+        f"per trace; {pct(c['useless_check_share'])} of step checks fixed nothing (useless); "
+        f"{pct(c['wrong_sum_share'])} of steps added wrong (arithmetic errors, which the teacher never makes).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -162,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-new-tokens", type=int, default=512, help="generation limit (the longest budget)"
     )
     ap.add_argument(
-        "--budgets", default="40,60,80,120,160,240,512", help="comma-separated token budgets"
+        "--budgets", default="30,40,60,80,120,160,240,512", help="comma-separated token budgets"
     )
     ap.add_argument("--batch-size", type=int, default=64, help="generation batch size")
     ap.add_argument("--force", action="store_true", help="redo the evaluation from scratch")

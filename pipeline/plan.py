@@ -132,6 +132,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             settings={"tuned": stages[-1].key()},
         )
     )
+    teacher = {"base": p.base_model, "dler": p.model("dler")}.get(
+        cfg.distill_teacher, cfg.distill_teacher
+    )
+    rl_key = stages[-2].key()  # the DLER model's stage (before merge)
     stages.append(
         Stage(
             "distill_data",
@@ -140,7 +144,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 "--config",
                 cfg.distill_build_config,
                 "--teacher",
-                p.base_model,
+                teacher,
                 "--data",
                 p.train_data,
                 "--grader",
@@ -150,7 +154,10 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 *_flags(cfg.distill_build_overrides),
             ],
             p.distill_data,
-            settings={"recipe": _file_digest(cfg.distill_build_config)},
+            settings={
+                "recipe": _file_digest(cfg.distill_build_config),
+                "teacher": rl_key if cfg.distill_teacher == "dler" else teacher,
+            },
         )
     )
     stages.append(

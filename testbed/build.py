@@ -35,7 +35,7 @@ from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 from testbed.task import generate_split, to_record
 from testbed.teacher import TeacherConfig, teacher_completion
 
-BUILD_FORMAT = 2  # bump when the meaning of a setting changes, so old caches are not reused
+BUILD_FORMAT = 3  # bump when the meaning of a setting changes, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class BuildConfig:
 
     seed: int = 0
     min_difficulty: int = 2  # number of terms of the easiest problem
-    max_difficulty: int = 9  # ... and of the hardest
+    max_difficulty: int = 8  # ... and of the hardest
     n_monitor: int = 256
     n_test: int = 512
     vocab_size: int = 512
@@ -52,7 +52,7 @@ class BuildConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_len: int = 512  # longest training sequence in tokens (longer ones are dropped)
-    steps: int = 600
+    steps: int = 450
     batch_size: int = 64
     micro_batch_tokens: int = 8192  # a step's batch is split into pieces of at most this many
     # padded tokens (gradient accumulation): CPU throughput drops sharply above ~8k tokens
@@ -184,8 +184,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def _card(cfg: BuildConfig, log: list, seconds: float) -> tuple[str, str]:
     summary = (
         "The shortcot CPU testbed: a tiny Llama trained by SFT on overthinking traces of a running "
-        "sum mod 10 over letter-labelled digits (`Add the digits mod 10: a 3 b 5 c 2`). Its "
-        "traces re-check steps, backtrack over injected-and-caught errors and re-compute the whole "
+        "sum mod 10 over letter-labelled digits (`Add the digits mod 10: a 3 b 5 c 2`), one "
+        "`label digit sum` step per term (`a 3 3 b 5 8 c 2 0`). Its traces re-check steps, "
+        "backtrack over injected-and-caught look-up slips and re-compute the whole "
         "sum, more on easy problems; answers are `\\boxed{}` after `</think>`; grade with the "
         f"`testbed` grader. Trained for {len(log)} steps in {seconds:.0f} s "
         f"(final loss {log[-1]['loss'] if log else float('nan')})."
@@ -292,7 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seed of the data, the teacher and the model init (default 0)",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 600 for default)"
+        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 450 for default)"
     )
     ap.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"

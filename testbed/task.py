@@ -15,10 +15,14 @@ Every digit is written after a space (``3 + 5 = 8``, not ``3+5=8``): the tokeniz
 `` 5`` one token, and a digit that were sometimes `` 5`` and sometimes ``5`` would be two
 unrelated tokens the model must first learn to identify.
 
-The minimal correct trace restates each labelled digit and the new partial sum:
-``a is 3, total 3. b is 5, 3 + 5 = 8. c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7.`` followed by
-``</think>`` and ``\\boxed{7}``. The long-chain teacher (`testbed.teacher`) adds the
-redundant steps.
+The minimal correct trace writes, for each term, its label, its digit and the new partial
+sum: ``a 3 3 b 5 8 c 2 0 d 7 7`` followed by ``</think>`` and ``\\boxed{7}``. This is the
+format issue 4 measured to work. A probe on the same model (minimal traces only,
+difficulty 2-6, batch 64, lr 2e-3, teacher-forced accuracy on the sum tokens of 200
+held-out problems) measured the alternatives: ``b is 5, 3 + 5 = 8.`` stayed at chance
+(9.5% / 9.9% / 10.0% of sums right after 50 / 100 / 150 steps) while ``b 5 8`` reached
+26% / 33% / 38% / 79% after 50 / 100 / 150 / 200 steps. The long-chain teacher
+(`testbed.teacher`) adds the redundant steps.
 """
 
 from __future__ import annotations
@@ -113,14 +117,17 @@ def generate_split(
     return out
 
 
+def step_text(label: str, digit: int, total: int) -> str:
+    """One step: the label, the digit it stands for, the new partial sum (``b 5 8``)."""
+    return f"{label} {digit} {total}"
+
+
 def minimal_steps(problem: Problem) -> list[str]:
     """The necessary steps: each restates the labelled digit, then the new partial sum."""
-    sums = problem.partial_sums()
-    labels, digits = problem.labels, problem.digits
-    steps = [f"{labels[0]} is {digits[0]}, total {sums[0]}."]
-    for i in range(1, problem.difficulty):
-        steps.append(f"{labels[i]} is {digits[i]}, {sums[i - 1]} + {digits[i]} = {sums[i]}.")
-    return steps
+    return [
+        step_text(label, digit, total)
+        for label, digit, total in zip(problem.labels, problem.digits, problem.partial_sums())
+    ]
 
 
 def format_completion(thinking: str, answer: int | str) -> str:
@@ -136,9 +143,9 @@ def minimal_trace(problem: Problem) -> str:
 def grade(completion: str, reference: str) -> Grade:
     """Grader "testbed": last ``\\boxed{}`` after ``</think>``, compared as an integer.
 
-    >>> grade("<think> a is 3, total 3. </think> \\\\boxed{3}", "3")
+    >>> grade("<think> a 3 3 </think> \\\\boxed{3}", "3")
     Grade(correct=True, answer='3', formatted=True)
-    >>> grade("<think> a is 3, total 3.", "3").formatted
+    >>> grade("<think> a 3 3", "3").formatted
     False
     """
     _, answer_part = split_think(completion)

@@ -1,22 +1,27 @@
 """The long-chain teacher: correct traces padded with the redundancy of an overthinking model.
 
-A trace is the minimal trace (`testbed.task.minimal_steps`) plus four kinds of extra text,
-the habits R1-style models show (issue 4):
+A trace is the minimal trace (`testbed.task.minimal_steps`: ``a 3 3 b 5 8 ...``, label,
+digit, new partial sum) plus four kinds of extra text, the habits R1-style models show
+(issue 4):
 
-- restating the task at the start (``we need a+b+c+d mod 10.``);
-- re-verification after a step (``wait, let me check: b is 5, 3 + 5 = 8. right.``): useless
-  when the step was right;
-- backtracking: a step written with an injected error (a wrong digit or a wrong sum),
-  always caught by the check that follows (``wait, let me check: b is 5, 3 + 5 = 8, not 9.``),
-  and the trace continues from the corrected sum. These checks are the useful ones: a
-  model trained on such traces learns to re-check and fix, and one that drops every
-  check also loses the fixes. Errors are injected more often on hard (long) problems;
-- whole re-computations at the end (``wait, let me check again: 3 + 5 = 8, 8 + 2 = 0, 0 + 7 = 7.
-  right.``), whose count is heavy-tailed (Lomax / Pareto II) and larger on easy problems,
-  where they are never needed.
+- restating the task at the start (``we need a to d mod 10.``);
+- re-verification after a step (``wait, check b 5 8 right.``): it re-reads the digit from
+  the prompt and recomputes the sum from the previous total; useless when the step was
+  right, which it is for most checks;
+- backtracking: a step with an injected look-up slip (a wrong digit copied from the
+  prompt, summed correctly), always caught by the check that follows, which re-reads the
+  prompt and recomputes (``b 4 7 wait, check b 5 8 not 7.``); the trace continues from
+  the corrected sum. These checks are the useful ones: a model trained on such traces
+  learns to re-check and fix, and one that drops every check also loses the fixes. Slips
+  are injected more often on hard (long) problems. Only look-ups are ever wrong: a wrong
+  sum in a training target would teach wrong arithmetic (every ``prev + digit = sum``
+  the model sees is right);
+- whole re-computations at the end (``wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right.``),
+  whose count is heavy-tailed (Lomax / Pareto II) and larger on easy problems, where they
+  are never needed.
 
-Every trace ends in the right answer: each injected error is fixed before the next step
-uses the sum, and the re-computations restate the correct sums.
+Every trace ends in the right answer: each slip is fixed before the next step uses the
+sum, and the re-computations restate the correct sums.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import random
 import re
 from dataclasses import asdict, dataclass
 
-from testbed.task import MODULUS, Problem, format_completion, minimal_steps
+from testbed.task import MODULUS, Problem, format_completion, minimal_steps, step_text
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,15 @@ class TeacherConfig:
     difficulty and are interpolated linearly in between."""
 
     min_difficulty: int = 2
-    max_difficulty: int = 9
+    max_difficulty: int = 8
     intro_prob_easy: float = 0.9  # restate the task at the start
-    intro_prob_hard: float = 0.6
+    intro_prob_hard: float = 0.5
     check_prob_easy: float = 0.5  # re-check a correct step
-    check_prob_hard: float = 0.3
-    error_prob_easy: float = 0.03  # inject (and catch) an error in a step
-    error_prob_hard: float = 0.15
+    check_prob_hard: float = 0.25
+    error_prob_easy: float = 0.02  # inject (and catch) a look-up slip in a step
+    error_prob_hard: float = 0.12
     recheck_scale_easy: float = 2.0  # Lomax scale of the number of final re-computations
-    recheck_scale_hard: float = 0.8
+    recheck_scale_hard: float = 0.6
     recheck_alpha: float = 1.5  # Lomax shape: tail P(K >= k) ~ k^-alpha
     max_rechecks: int = 5
 
@@ -65,21 +70,11 @@ def lomax_count(rng: random.Random, scale: float, alpha: float, cap: int) -> int
     return min(cap, math.floor(scale * (u ** (-1.0 / alpha) - 1.0)))
 
 
-def _step_text(label: str, digit: int, prev: int | None, total: int) -> str:
-    if prev is None:
-        return f"{label} is {digit}, total {total}"
-    return f"{label} is {digit}, {prev} + {digit} = {total}"
-
-
-def _wrong_step(rng: random.Random, label: str, digit: int, prev: int | None) -> tuple[str, int]:
-    """A step with one injected error: a wrong digit (look-up slip) or a wrong sum."""
-    base = 0 if prev is None else prev
-    if rng.random() < 0.5:
-        bad_digit = (digit + rng.randrange(1, MODULUS)) % MODULUS
-        bad_total = (base + bad_digit) % MODULUS
-        return _step_text(label, bad_digit, prev, bad_total), bad_total
-    bad_total = (base + digit + rng.randrange(1, MODULUS)) % MODULUS
-    return _step_text(label, digit, prev, bad_total), bad_total
+def _slip(rng: random.Random, label: str, digit: int, prev: int) -> tuple[str, int]:
+    """A step with a look-up slip: a wrong digit, summed correctly from ``prev``."""
+    bad_digit = (digit + rng.randrange(1, MODULUS)) % MODULUS
+    bad_total = (prev + bad_digit) % MODULUS
+    return step_text(label, bad_digit, bad_total), bad_total
 
 
 def teacher_thinking(
@@ -90,19 +85,19 @@ def teacher_thinking(
     sums = problem.partial_sums()
     parts: list[str] = []
     if rng.random() < cfg.at(n, cfg.intro_prob_easy, cfg.intro_prob_hard):
-        parts.append(f"we need {'+'.join(problem.labels)} mod 10.")
+        parts.append(f"we need {problem.labels[0]} to {problem.labels[-1]} mod 10.")
     p_check = cfg.at(n, cfg.check_prob_easy, cfg.check_prob_hard)
     p_error = cfg.at(n, cfg.error_prob_easy, cfg.error_prob_hard)
     for i, (label, digit) in enumerate(zip(problem.labels, problem.digits)):
-        prev = None if i == 0 else sums[i - 1]
-        right = _step_text(label, digit, prev, sums[i])
+        prev = 0 if i == 0 else sums[i - 1]
+        right = step_text(label, digit, sums[i])
         if rng.random() < p_error:
-            wrong, bad_total = _wrong_step(rng, label, digit, prev)
-            parts.append(f"{wrong}. wait, let me check: {right}, not {bad_total}.")
+            wrong, bad_total = _slip(rng, label, digit, prev)
+            parts.append(f"{wrong} wait, check {right} not {bad_total}.")
         else:
-            parts.append(f"{right}.")
+            parts.append(right)
             if rng.random() < p_check:
-                parts.append(f"wait, let me check: {right}. right.")
+                parts.append(f"wait, check {right} right.")
     k = lomax_count(
         rng,
         cfg.at(n, cfg.recheck_scale_easy, cfg.recheck_scale_hard),
@@ -110,13 +105,7 @@ def teacher_thinking(
         cfg.max_rechecks,
     )
     for _ in range(k):
-        if n == 1:
-            redo = f"total {sums[0]}"
-        else:
-            redo = ", ".join(
-                f"{sums[i - 1]} + {problem.digits[i]} = {sums[i]}" for i in range(1, n)
-            )
-        parts.append(f"wait, let me check again: {redo}. right.")
+        parts.append(f"wait, check again: {' '.join(minimal_steps(problem))} right.")
     parts.append(f"so the answer is {problem.answer}.")
     return " ".join(parts)
 
@@ -137,7 +126,9 @@ class TraceAudit:
     """What a trace did, step by step (used by the tests and the properties experiment).
 
     steps:          main steps written (one per term when the trace is complete)
-    wrong_steps:    main steps whose digit or sum was wrong
+    wrong_steps:    main steps whose label, digit or sum was wrong
+    wrong_sums:     main steps whose sum is not the held total plus the digit they wrote
+                    (an arithmetic error; the teacher never makes one, only look-up slips)
     caught:         wrong steps immediately followed by a check that fixed them
     checks:         step re-checks written (useful = after a wrong step)
     rechecks:       whole re-computations at the end
@@ -146,6 +137,7 @@ class TraceAudit:
 
     steps: int = 0
     wrong_steps: int = 0
+    wrong_sums: int = 0
     caught: int = 0
     checks: int = 0
     rechecks: int = 0
@@ -156,15 +148,16 @@ class TraceAudit:
         return self.checks - self.caught
 
 
-_STEP = re.compile(r"([a-z]) is (\d), (?:total (\d)|(\d) ?\+ ?(\d) ?= ?(\d))")
+_STEP = re.compile(r"\b([a-z]) (\d) (\d)\b")
 
 
 def audit_trace(problem: Problem, thinking: str) -> TraceAudit:
     """Walk ``thinking`` (the text inside ``<think>``) and count steps, errors and fixes.
 
-    A main step is right when its digit is the labelled digit and its sum is the previous
-    (possibly corrected) total plus that digit, mod 10. A check (``wait, let me check:``
-    followed by a step) after a wrong step catches it when it states the right step. The
+    A main step (``b 5 8``) is right when it is the next label, its digit is the labelled
+    digit and its sum is the previous (possibly corrected) total plus that digit, mod 10.
+    A check (``wait, check`` followed by a step) after a wrong step catches it when it
+    states the right step. The
     trace continues from the last stated total, as the teacher's traces do.
     """
     out = TraceAudit()
@@ -174,23 +167,15 @@ def audit_trace(problem: Problem, thinking: str) -> TraceAudit:
     before = 0  # the running sum before the last main step (what a check restarts from)
     last_wrong = False
     index = 0  # terms summed so far
-    for chunk in re.split(r"(?=wait, let me check)", thinking):
-        is_check = chunk.startswith("wait, let me check:")
-        if chunk.startswith("wait, let me check again"):
+    for chunk in re.split(r"(?=wait, check)", thinking):
+        is_check = chunk.startswith("wait, check ")
+        if chunk.startswith("wait, check again"):
             out.rechecks += 1
             continue
         for m in _STEP.finditer(chunk):
-            label, digit = m.group(1), int(m.group(2))
-            if m.group(3) is not None:
-                prev, new = 0, int(m.group(3))
-            else:
-                prev, new = int(m.group(4)), int(m.group(6))
+            label, digit, new = m.group(1), int(m.group(2)), int(m.group(3))
             if is_check and out.steps > 0:
-                ok = (
-                    digit_of.get(label) == digit
-                    and (new - prev - digit) % MODULUS == 0
-                    and prev == before
-                )
+                ok = digit_of.get(label) == digit and new == (before + digit) % MODULUS
                 out.checks += 1
                 if last_wrong and ok:
                     out.caught += 1
@@ -200,14 +185,15 @@ def audit_trace(problem: Problem, thinking: str) -> TraceAudit:
                 is_check = False  # later steps in this chunk are main steps
                 continue
             expected_label = problem.labels[index] if index < problem.difficulty else None
-            ok = (
-                digit_of.get(label) == digit
-                and (new - prev - digit) % MODULUS == 0
-                and prev == (total or 0)
+            prev = total or 0
+            right = (
+                label == expected_label
+                and digit_of.get(label) == digit
+                and new == (prev + digit) % MODULUS
             )
             out.steps += 1
-            right = ok and label == expected_label
-            before = total or 0
+            out.wrong_sums += new != (prev + digit) % MODULUS
+            before = prev
             if not right:
                 out.wrong_steps += 1
             last_wrong = not right

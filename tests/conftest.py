@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One intra-op thread: tiny models are overhead-bound, and a second thread only adds
+# contention (measured ~10x slower training steps under load with two).
+torch.set_num_threads(1)
 
 CORPUS = [
     "What is 12 + 7? <think> 12 plus 7 is 19. wait, let me check: 19. </think> \\boxed{19}",

@@ -40,9 +40,7 @@ def test_problem_text_answer_and_minimal_trace_golden():
     assert EXAMPLE.text == "Add the digits mod 10: a 3 b 5 c 2 d 7"
     assert EXAMPLE.answer == 7  # 3+5+2+7 = 17
     assert EXAMPLE.partial_sums() == [3, 8, 0, 7]
-    assert minimal_trace(EXAMPLE) == (
-        "<think>\na is 3, total 3. b is 5, 3 + 5 = 8. c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7.\n</think>\n\\boxed{7}"
-    )
+    assert minimal_trace(EXAMPLE) == ("<think>\na 3 3 b 5 8 c 2 0 d 7 7\n</think>\n\\boxed{7}")
     assert parse_problem(EXAMPLE.text) == EXAMPLE
 
 
@@ -75,21 +73,21 @@ def test_splits_are_disjoint_and_differ_by_stream():
 @pytest.mark.parametrize(
     "completion,reference,expected",
     [
-        ("<think>\nk is 3, total 3.\n</think>\n\\boxed{3}", "3", Grade(True, "3", True)),
-        ("<think> a is 9, total 9. </think> \\boxed{ 9 }", "9", Grade(True, "9", True)),
+        ("<think>\nk 3 3\n</think>\n\\boxed{3}", "3", Grade(True, "3", True)),
+        ("<think> a 9 9 </think> \\boxed{ 9 }", "9", Grade(True, "9", True)),
         (
-            "<think> a is 9, total 9. </think> \\boxed{09}",
+            "<think> a 9 9 </think> \\boxed{09}",
             "9",
             Grade(True, "09", True),
         ),  # integer compare
-        ("<think> a is 9, total 9. </think> \\boxed{8}", "9", Grade(False, "8", True)),
+        ("<think> a 9 9 </think> \\boxed{8}", "9", Grade(False, "8", True)),
         (
             "<think> \\boxed{7} </think> \\boxed{4}",
             "7",
             Grade(False, "4", True),
         ),  # last box after </think>
         ("<think> so \\boxed{7}", "7", Grade(False, None, False)),  # never closed: no answer
-        ("<think> a is 7 </think> the answer is 7", "7", Grade(False, None, False)),
+        ("<think> a 7 7 </think> the answer is 7", "7", Grade(False, None, False)),
         ("<think> </think> \\boxed{x}", "7", Grade(False, "x", True)),  # not an integer: wrong
     ],
 )
@@ -121,7 +119,7 @@ def test_lomax_count_golden():
 
 def test_teacher_traces_are_correct_and_errors_are_caught():
     cfg = TeacherConfig()
-    problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=9)
+    problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=8)
     injected = 0
     for i, p in enumerate(problems):
         rng = random.Random(i)
@@ -130,31 +128,63 @@ def test_teacher_traces_are_correct_and_errors_are_caught():
         assert audit.complete, thinking  # every term summed, the right final sum
         assert audit.steps == p.difficulty
         assert audit.caught == audit.wrong_steps, thinking  # every injected error is fixed
+        assert audit.wrong_sums == 0, thinking  # only look-ups slip: every sum is right
         injected += audit.wrong_steps
         completion = teacher_completion(p, random.Random(i), cfg)
         assert grade(completion, str(p.answer)).correct
-    assert injected > 30  # errors are actually injected (about 9% of steps)
+    assert injected > 100  # errors are actually injected (about 6% of steps)
+
+
+def test_teacher_trace_golden():
+    """Seeded draws fixed by hand: slips are wrong digits summed right, then re-read."""
+
+    class Scripted:
+        def __init__(self, randoms, ranges):
+            self.randoms, self.ranges = list(randoms), list(ranges)
+
+        def random(self):
+            return self.randoms.pop(0)
+
+        def randrange(self, *args):
+            return self.ranges.pop(0)
+
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=4)
+    # n = 4 is the hard end: intro 0.5, check 0.25, slip 0.12, recheck scale 0.6.
+    # intro yes (0.1); a: no slip (0.9), check (0.1); b: slip (0.05) with digit 5 + 4 = 9;
+    # c: no slip, no check (0.9, 0.9); d: no slip, no check; rechecks: u = 1 - 0.9 = 0.1,
+    # 0.6 * (0.1 ** (-2/3) - 1) = 2.19 -> 2.
+    rng = Scripted([0.1, 0.9, 0.1, 0.05, 0.9, 0.9, 0.9, 0.9, 0.9], [4])
+    assert teacher_thinking(EXAMPLE, rng, cfg) == (
+        "we need a to d mod 10. a 3 3 wait, check a 3 3 right. b 9 2 wait, check b 5 8 not 2. "
+        "c 2 0 d 7 7 wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. "
+        "wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. so the answer is 7."
+    )
 
 
 def test_audit_flags_an_uncaught_error():
-    good = "a is 3, total 3. b is 5, 3 + 5 = 8. c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7."
+    good = "a 3 3 b 5 8 c 2 0 d 7 7"
     assert audit_trace(EXAMPLE, good).complete
-    bad = "a is 3, total 3. b is 5, 3 + 5 = 9. c is 2, 9 + 2 = 1. d is 7, 1 + 7 = 8."
+    bad = "a 3 3 b 5 9 c 2 1 d 7 8"  # an arithmetic error, carried on
     audit = audit_trace(EXAMPLE, bad)
-    assert audit.wrong_steps == 1 and audit.caught == 0 and not audit.complete
-    fixed = (
-        "a is 3, total 3. b is 5, 3 + 5 = 9. wait, let me check: b is 5, 3 + 5 = 8, not 9. "
-        "c is 2, 8 + 2 = 0. d is 7, 0 + 7 = 7."
-    )
+    assert audit.wrong_steps == 1 and audit.wrong_sums == 1 and audit.caught == 0
+    assert not audit.complete
+    slip = "a 3 3 b 4 7 c 2 9 d 7 6"  # a look-up slip, summed right
+    audit = audit_trace(EXAMPLE, slip)
+    assert audit.wrong_steps == 1 and audit.wrong_sums == 0 and not audit.complete
+    fixed = "a 3 3 b 4 7 wait, check b 5 8 not 7. c 2 0 wait, check c 2 0 right. d 7 7"
     audit = audit_trace(EXAMPLE, fixed)
-    assert audit.wrong_steps == 1 and audit.caught == 1 and audit.checks == 1 and audit.complete
+    assert audit.wrong_steps == 1 and audit.caught == 1 and audit.checks == 2
+    assert audit.useless_checks == 1 and audit.complete
+    recheck = good + " wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. so the answer is 7."
+    audit = audit_trace(EXAMPLE, recheck)
+    assert audit.rechecks == 1 and audit.steps == 4 and audit.complete
 
 
 def test_teacher_overthinks_more_on_easy_and_errs_more_on_hard():
     cfg = TeacherConfig()
     rng = random.Random(0)
     stats = {}
-    for d in (2, 9):
+    for d in (2, 8):
         problems = [sample_problem(rng, d) for _ in range(400)]
         audits, ratios = [], []
         for p in problems:
@@ -166,9 +196,9 @@ def test_teacher_overthinks_more_on_easy_and_errs_more_on_hard():
             statistics.mean(a.rechecks for a in audits),
             statistics.mean(a.wrong_steps / d for a in audits),
         )
-    assert stats[2][0] > stats[9][0] > 1.5  # relative redundancy is larger on easy problems
-    assert stats[2][1] > stats[9][1]  # more whole re-computations on easy problems
-    assert stats[9][2] > 2 * stats[2][2]  # more injected (and caught) errors per step on hard ones
+    assert stats[2][0] > stats[8][0] > 1.5  # relative redundancy is larger on easy problems
+    assert stats[2][1] > stats[8][1]  # more whole re-computations on easy problems
+    assert stats[8][2] > 2 * stats[2][2]  # more injected (and caught) errors per step on hard ones
     counts = [lomax_count(rng, 2.0, 1.5, 10**6) for _ in range(20000)]
     assert max(counts) > 20 * statistics.mean(counts)  # heavy tail before the cap
 
