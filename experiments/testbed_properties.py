@@ -106,7 +106,7 @@ def to_markdown(r: dict, build: dict | None, settings: str) -> str:
         "",
         "| property | measured | target |",
         "|---|---|---|",
-        f"| accuracy (temperature 0.6) | {pct(r['accuracy'])} (chance 10%) | >= 70% |",
+        f"| accuracy (sampling as above) | {pct(r['accuracy'])} (chance 10%) | >= 70% at temperature 0.6 |",
         f"| mean completion tokens / minimal trace | {r['mean_tokens']:.1f} / {r['mean_minimal_tokens']:.1f} = {r['length_ratio']:.2f}x | >= 2.5x |",
         f"| median / p90 / max tokens | {r['median_tokens']:.0f} / {r['p90_tokens']} / {r['max_tokens']} | heavy tail |",
         f"| truncated at the generation limit | {pct(r['truncation_rate'])} | |",

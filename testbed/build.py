@@ -44,7 +44,7 @@ class BuildConfig:
 
     seed: int = 0
     min_difficulty: int = 2  # number of terms of the easiest problem
-    max_difficulty: int = 8  # ... and of the hardest
+    max_difficulty: int = 6  # ... and of the hardest
     n_monitor: int = 256
     n_test: int = 512
     vocab_size: int = 512
@@ -52,7 +52,7 @@ class BuildConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_len: int = 512  # longest training sequence in tokens (longer ones are dropped)
-    steps: int = 450
+    steps: int = 400
     batch_size: int = 64
     micro_batch_tokens: int = 8192  # a step's batch is split into pieces of at most this many
     # padded tokens (gradient accumulation): CPU throughput drops sharply above ~8k tokens
@@ -293,7 +293,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seed of the data, the teacher and the model init (default 0)",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 450 for default)"
+        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 400 for default)"
     )
     ap.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"

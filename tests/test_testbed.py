@@ -118,8 +118,8 @@ def test_lomax_count_golden():
 
 
 def test_teacher_traces_are_correct_and_errors_are_caught():
-    cfg = TeacherConfig()
-    problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=8)
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6)  # the default build's range
+    problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=6)
     injected = 0
     for i, p in enumerate(problems):
         rng = random.Random(i)
@@ -132,7 +132,7 @@ def test_teacher_traces_are_correct_and_errors_are_caught():
         injected += audit.wrong_steps
         completion = teacher_completion(p, random.Random(i), cfg)
         assert grade(completion, str(p.answer)).correct
-    assert injected > 100  # errors are actually injected (about 6% of steps)
+    assert injected > 100  # errors are actually injected (about 7% of steps)
 
 
 def test_teacher_trace_golden():
@@ -150,9 +150,9 @@ def test_teacher_trace_golden():
 
     cfg = TeacherConfig(min_difficulty=2, max_difficulty=4)
     # n = 4 is the hard end: intro 0.5, check 0.25, slip 0.12, recheck scale 0.6.
-    # intro yes (0.1); a: no slip (0.9), check (0.1); b: slip (0.05) with digit 5 + 4 = 9;
-    # c: no slip, no check (0.9, 0.9); d: no slip, no check; rechecks: u = 1 - 0.9 = 0.1,
-    # 0.6 * (0.1 ** (-2/3) - 1) = 2.19 -> 2.
+    # intro yes (0.1); a: no slip (0.9), check (0.1); b: slip (0.05) with digit 5 + 4 = 9,
+    # summed right (3 + 9 = 2), caught at once; c: no slip, no check (0.9, 0.9); d: the
+    # same; rechecks: u = 1 - 0.9 = 0.1, 0.6 * (0.1 ** (-2/3) - 1) = 2.19 -> 2.
     rng = Scripted([0.1, 0.9, 0.1, 0.05, 0.9, 0.9, 0.9, 0.9, 0.9], [4])
     assert teacher_thinking(EXAMPLE, rng, cfg) == (
         "we need a to d mod 10. a 3 3 wait, check a 3 3 right. b 9 2 wait, check b 5 8 not 2. "
@@ -181,10 +181,10 @@ def test_audit_flags_an_uncaught_error():
 
 
 def test_teacher_overthinks_more_on_easy_and_errs_more_on_hard():
-    cfg = TeacherConfig()
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6)  # the default build's range
     rng = random.Random(0)
     stats = {}
-    for d in (2, 8):
+    for d in (2, 6):
         problems = [sample_problem(rng, d) for _ in range(400)]
         audits, ratios = [], []
         for p in problems:
@@ -196,9 +196,9 @@ def test_teacher_overthinks_more_on_easy_and_errs_more_on_hard():
             statistics.mean(a.rechecks for a in audits),
             statistics.mean(a.wrong_steps / d for a in audits),
         )
-    assert stats[2][0] > stats[8][0] > 1.5  # relative redundancy is larger on easy problems
-    assert stats[2][1] > stats[8][1]  # more whole re-computations on easy problems
-    assert stats[8][2] > 2 * stats[2][2]  # more injected (and caught) errors per step on hard ones
+    assert stats[2][0] > stats[6][0] > 1.5  # relative redundancy is larger on easy problems
+    assert stats[2][1] > stats[6][1]  # more whole re-computations on easy problems
+    assert stats[6][2] > 2 * stats[2][2]  # more injected (and caught) errors per step on hard ones
     counts = [lomax_count(rng, 2.0, 1.5, 10**6) for _ in range(20000)]
     assert max(counts) > 20 * statistics.mean(counts)  # heavy tail before the cap
 
