@@ -23,11 +23,15 @@ def tiny_tokenizer():
     return train_tokenizer(CORPUS, vocab_size=300)
 
 
-def make_tiny_model_dir(path, tokenizer, seed=0, hidden_size=32, num_layers=2, max_shard_size="5GB", **kw):
+def make_tiny_model_dir(
+    path, tokenizer, seed=0, hidden_size=32, num_layers=2, max_shard_size="5GB", **kw
+):
     """Save a random tiny Llama + tokenizer as an HF folder at ``path``; returns the model."""
     from testbed.model import init_model, save_checkpoint, tiny_llama_config
 
-    cfg = tiny_llama_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=4, **kw)
+    cfg = tiny_llama_config(
+        tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=4, **kw
+    )
     model = init_model(cfg, seed=seed)
     save_checkpoint(model, tokenizer, path, max_shard_size=max_shard_size)
     return model
