@@ -26,12 +26,11 @@ grader (`is_correct_answer`), so "correct" means the same as in evaluation and r
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import re
 from collections.abc import Callable
 
-from artifacts.errors import ShortcotError
+from artifacts.plugins import load_callable
 from evals.grading import Grader, extract_boxed
 
 AnswerDetector = Callable[[str], list[str]]
@@ -148,17 +147,7 @@ def get_detector(name: str) -> AnswerDetector:
     """The detector called ``name`` (a key of `DETECTORS` or ``module:function``)."""
     if name in DETECTORS:
         return DETECTORS[name]
-    if ":" not in name:
-        raise ShortcotError(
-            f"unknown answer detector {name!r}; use one of {sorted(DETECTORS)} or module:function"
-        )
-    module, _, attr = name.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ShortcotError(
-            f"cannot load answer detector {name!r} ({err}); check the module:function name"
-        ) from err
+    return load_callable(name, "answer detector", list(DETECTORS))
 
 
 def is_correct_answer(candidate: str, reference: str, grader: Grader) -> bool:

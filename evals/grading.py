@@ -13,7 +13,6 @@ Other graders (the CPU testbed's) plug in by name through `get_grader`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,17 +128,8 @@ GRADERS: dict[str, str] = {
 
 def get_grader(name: str) -> Grader:
     """Return the grader called ``name`` (a key of `GRADERS` or ``module:function``)."""
-    from artifacts.errors import ShortcotError
+    from artifacts.plugins import load_callable
 
-    target = GRADERS.get(name, name)
-    if ":" not in target:
-        raise ShortcotError(
-            f"unknown grader {name!r}; use one of {sorted(GRADERS)} or module:function"
-        )
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ShortcotError(
-            f"cannot load grader {target!r} ({err}); check the module:function name"
-        ) from err
+    if name in GRADERS:
+        return load_callable(GRADERS[name], "grader", list(GRADERS))
+    return load_callable(name, "grader", list(GRADERS))
