@@ -147,3 +147,44 @@ def test_bad_backend_and_missing_vllm(tiny_model_dir):
             load_backend("vllm", str(tiny_model_dir))
     with pytest.raises(ShortcotError, match="temperature"):
         SamplingParams(temperature=-1).validate()
+
+
+def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
+    """Rows leave the batch when they finish (every EVICT_EVERY tokens); every completion
+    must equal what one uninterrupted ``generate`` call over the whole batch produces."""
+    import evals.backends as backends
+
+    prompts = [backend.prompt_ids(m) for m in MESSAGES]
+    reqs = [Request(p, k) for p in prompts for k in range(3)]
+    # Declare two frequent tokens of the sampled text end-of-sequence, so that rows end at
+    # different steps (the random model never emits the real one).
+    probe = backend.generate_requests(reqs, SamplingParams(max_new_tokens=30, seed=1), False)
+    counts: dict[int, int] = {}
+    for c in probe:
+        for t in c.token_ids[3:]:
+            counts[t] = counts.get(t, 0) + 1
+    stops = set(sorted(counts, key=counts.get, reverse=True)[:2])
+    monkeypatch.setattr(backend, "eos_token_ids", stops)
+    monkeypatch.setattr(backend, "batch_size", len(reqs))
+    widths = []
+    real_generate = backend.model.generate
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    for params in (
+        SamplingParams(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=1),
+        SamplingParams(max_new_tokens=30, temperature=0),
+    ):
+        monkeypatch.setattr(backends, "EVICT_EVERY", 10**6)  # one generate call
+        whole = backend.generate_requests(reqs, params, progress=False)
+        widths.clear()
+        monkeypatch.setattr(backends, "EVICT_EVERY", 3)
+        evicted = backend.generate_requests(reqs, params, progress=False)
+        assert [c.token_ids for c in evicted] == [c.token_ids for c in whole]
+        assert [c.finished for c in evicted] == [c.finished for c in whole]
+        lengths = sorted(len(c.token_ids) for c in whole)
+        assert lengths[0] < lengths[-1]  # rows did end at different steps
+        assert widths[0] == len(reqs) and min(widths) < len(reqs)  # and rows were evicted
