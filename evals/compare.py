@@ -112,6 +112,39 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Label positions tried in turn (offset in points, horizontal alignment) until one does not
+# overlap a label already placed: runs close in both axes are common (e.g. two RL methods).
+_LABEL_SPOTS = [
+    ((5, 5), "left"),
+    ((5, -12), "left"),
+    ((-5, 5), "right"),
+    ((-5, -12), "right"),
+    ((5, 15), "left"),
+    ((-5, 15), "right"),
+    ((5, -22), "left"),
+    ((-5, -22), "right"),
+]
+
+
+def _place_labels(fig, ax, xs, ys, labels) -> None:
+    """Annotate each point with its label, moving a label around its point to avoid overlaps."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, label in zip(xs, ys, labels):
+        for offset, ha in _LABEL_SPOTS:
+            text = ax.annotate(
+                label, (x, y), textcoords="offset points", xytext=offset, ha=ha, fontsize=8
+            )
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:  # nowhere free: keep the first spot
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            box = text.get_window_extent(renderer)
+        placed.append(box)
+
+
 def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "Accuracy vs tokens") -> None:
     """Scatter accuracy against mean tokens, label each run, draw the Pareto front."""
     import matplotlib
@@ -144,8 +177,7 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "Accuracy v
         edgecolors="tab:red",
         zorder=3,
     )
-    for x, y, r in zip(xs, ys, rows):
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    _place_labels(fig, ax, xs, ys, [r["label"] for r in rows])
     ax.set_xlabel("mean generated tokens")
     ax.set_ylabel("pass@1 accuracy (%)")
     ax.set_title(title)
