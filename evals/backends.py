@@ -189,6 +189,13 @@ def _eos_ids(tokenizer, generation_config) -> set[int]:
 EVICT_EVERY = 16
 
 
+def _can_evict(cache) -> bool:
+    """Whether rows can be dropped from this KV cache (dynamic caches: yes; static and
+    linear-attention layers of transformers 5 do not implement ``batch_select_indices``)."""
+    layers = getattr(cache, "layers", None)
+    return layers is not None and all(hasattr(layer, "batch_select_indices") for layer in layers)
+
+
 class _PerRowSampler:
     """A logits processor that samples each row from its own seeded generator.
 
@@ -309,13 +316,15 @@ class HFBackend(Backend):
             seeds = [sample_seed(params.seed, r.prompt_ids, r.sample_index) for r in batch]
             sampler = _PerRowSampler(seeds, params.temperature, params.top_p)
             processors.append(sampler)
-        alive = list(range(len(batch)))  # batch rows still generating, in cache order
+        alive = list(range(len(batch)))  # batch rows in the cache, in cache order
+        done: set[int] = set()  # rows that produced end-of-sequence
         generated: list[list[int]] = [[] for _ in batch]
         cache = None
+        chunk = EVICT_EVERY
         left = params.max_new_tokens
-        while alive and left > 0:
+        while left > 0:
             gen_cfg = GenerationConfig(
-                max_new_tokens=min(EVICT_EVERY, left),
+                max_new_tokens=min(chunk, left),
                 do_sample=False,  # sampling, when asked, happens in _PerRowSampler
                 eos_token_id=sorted(self.eos_token_ids),
                 pad_token_id=self.pad_token_id,
@@ -338,23 +347,30 @@ class HFBackend(Backend):
                 )
             new = out.sequences[:, ids.shape[1] :]
             left -= new.shape[1]
-            keep = []
             for j, row in enumerate(new.tolist()):
-                generated[alive[j]].extend(row)
-                if not self.eos_token_ids.intersection(row):
-                    keep.append(j)
+                if alive[j] not in done:
+                    generated[alive[j]].extend(row)
+                    if self.eos_token_ids.intersection(row):
+                        done.add(alive[j])
+            keep = [j for j, r in enumerate(alive) if r not in done]
             if not keep or left <= 0:
                 break
             ids = out.sequences
             mask = torch.cat([mask, torch.ones_like(new)], dim=1)
             cache = out.past_key_values
-            if len(keep) < len(alive):  # evict the finished rows
-                index = torch.tensor(keep, device=ids.device)
-                ids, mask = ids[index], mask[index]
-                cache.batch_select_indices(index)
-                if sampler is not None:
-                    sampler.select_rows(keep)
-                alive = [alive[j] for j in keep]
+            if len(keep) == len(alive):
+                continue
+            if not _can_evict(cache):
+                # Static or linear-attention caches cannot drop rows: finish in one call (the
+                # finished rows run on; what they produce after their end is ignored).
+                chunk = left
+                continue
+            index = torch.tensor(keep, device=ids.device)
+            ids, mask = ids[index], mask[index]
+            cache.batch_select_indices(index)
+            if sampler is not None:
+                sampler.select_rows(keep)
+            alive = [alive[j] for j in keep]
         completions = []
         for row in generated:
             token_ids, finished = cut_at_eos(row, self.eos_token_ids, self.pad_token_id)

@@ -168,6 +168,7 @@ def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
     monkeypatch.setattr(backend, "batch_size", len(reqs))
     widths = []
     real_generate = backend.model.generate
+    real_can_evict = backends._can_evict
 
     def spy(*args, **kwargs):
         widths.append(kwargs["input_ids"].shape[0])
@@ -188,3 +189,11 @@ def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
         lengths = sorted(len(c.token_ids) for c in whole)
         assert lengths[0] < lengths[-1]  # rows did end at different steps
         assert widths[0] == len(reqs) and min(widths) < len(reqs)  # and rows were evicted
+        # a cache that cannot drop rows (static, linear attention): the same tokens, no eviction
+        monkeypatch.setattr(backends, "_can_evict", lambda cache: False)
+        widths.clear()
+        kept = backend.generate_requests(reqs, params, progress=False)
+        assert [c.token_ids for c in kept] == [c.token_ids for c in whole]
+        assert [c.finished for c in kept] == [c.finished for c in whole]
+        assert set(widths) == {len(reqs)}
+        monkeypatch.setattr(backends, "_can_evict", real_can_evict)
