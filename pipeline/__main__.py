@@ -22,7 +22,7 @@ from artifacts.errors import run_cli
 from artifacts.outdir import atomic_write_text
 from pipeline.config import PipelineConfig
 from pipeline.plan import cfg_report_dir, plan
-from pipeline.publish import publish
+from pipeline.publish import PUBLISHABLE, publish
 from pipeline.stages import run_stage, stage_is_current
 
 
@@ -47,14 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     u = sub.add_parser(
         "publish",
-        help="push one model of a finished run to the Hub, with the evaluation table in its card",
+        help="push one model (or the compressed dataset) of a finished run to the Hub, with "
+        "the evaluation table in its card",
     )
     u.add_argument("--config", help="the config the run used (default: the CPU testbed)")
     u.add_argument(
         "--which",
         default="merged",
-        choices=["dler", "merged", "distilled"],
-        help="which model to publish",
+        choices=list(PUBLISHABLE),
+        help="what to publish: a model (dler, merged, distilled) or the compressed dataset "
+        "(a Hub dataset repo)",
     )
     u.add_argument("--repo", required=True, help="Hub repo id to create/update, e.g. me/model-name")
     u.add_argument("--private", action="store_true", help="create the repo as private")

@@ -1,8 +1,10 @@
-"""Publishing a pipeline run's model to the Hub with its card and evaluation table.
+"""Publishing a pipeline run's model or compressed dataset to the Hub, with the evaluation table.
 
-The model folder already has a card from the stage that made it (what it was made from and
-the recipe); publishing adds the pipeline's evaluation table (all four models side by side)
-to a copy of the folder, so the run itself is never modified, and uploads the copy.
+Each artifact already has a card from the stage that made it (what it was made from and the
+recipe; for the dataset also its compression summary); publishing adds the pipeline's
+evaluation table (all four models side by side) to a copy of the folder, so the run itself
+is never modified, and uploads the copy (``datasets`` cache files left by training are not
+uploaded).
 """
 
 from __future__ import annotations
@@ -14,34 +16,50 @@ from pathlib import Path
 from artifacts.errors import ShortcotError
 from artifacts.hub import push_folder
 from pipeline.config import PipelineConfig
-from pipeline.plan import MODELS, cfg_report_dir, resolve_paths
+from pipeline.plan import cfg_report_dir, resolve_paths
+
+PUBLISHABLE = ("dler", "merged", "distilled", "dataset")
 
 
 def publish(cfg: PipelineConfig, which: str, repo_id: str, private: bool = False, api=None) -> str:
-    """Upload model ``which`` (dler | merged | distilled) of the run described by ``cfg``."""
-    if which not in MODELS or which == "base":
-        raise ShortcotError(f"cannot publish {which!r}; choose one of dler, merged, distilled")
+    """Upload ``which`` (dler | merged | distilled model, or the compressed ``dataset``) of the
+    run described by ``cfg``; returns the repo URL."""
+    if which not in PUBLISHABLE:
+        raise ShortcotError(f"cannot publish {which!r}; choose one of {', '.join(PUBLISHABLE)}")
     paths = resolve_paths(cfg)
-    folder = Path(paths.model(which))
-    if not (folder / "config.json").exists():
-        raise ShortcotError(f"{folder} holds no finished model; run `python -m pipeline run` first")
+    if which == "dataset":
+        folder = Path(paths.distill_data)
+        if not (folder / "summary.json").exists():
+            raise ShortcotError(
+                f"{folder} holds no finished dataset; run `python -m pipeline run` first"
+            )
+        note = (
+            "The model `distilled` in the table below was fine-tuned on this dataset "
+            "(same test set, same settings)."
+        )
+    else:
+        folder = Path(paths.model(which))
+        if not (folder / "config.json").exists():
+            raise ShortcotError(
+                f"{folder} holds no finished model; run `python -m pipeline run` first"
+            )
+        note = f"This model is `{which}` in the table below (same test set, same settings)."
     table = cfg_report_dir(cfg) / "table.md"
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / folder.name
-        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("*.work", "checkpoint-*"))
+        shutil.copytree(
+            folder, staged, ignore=shutil.ignore_patterns("*.work", "checkpoint-*", "cache-*.arrow")
+        )
         card = staged / "README.md"
         text = card.read_text() if card.exists() else f"# {which}\n"
         if table.exists():
-            text += (
-                "\n## Evaluation (shortcot pipeline)\n\n"
-                f"This model is `{which}` in the table below (same test set, same settings).\n\n"
-                + table.read_text()
-            )
+            text += "\n## Evaluation (shortcot pipeline)\n\n" + note + "\n\n" + table.read_text()
         card.write_text(text)
         return push_folder(
             staged,
             repo_id,
             private=private,
+            repo_type="dataset" if which == "dataset" else "model",
             api=api,
-            commit_message=f"Upload {which} model from a shortcot pipeline run",
+            commit_message=f"Upload {which} from a shortcot pipeline run",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -101,3 +102,30 @@ def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
         publish(cfg, "dler", "me/m", api=api)
     with pytest.raises(ShortcotError, match="cannot publish"):
         publish(cfg, "base", "me/m", api=api)
+
+
+def test_publish_dataset_goes_to_a_dataset_repo_without_cache_files(tmp_path):
+    cfg = PipelineConfig(workdir=str(tmp_path / "run"), testbed_out=str(tmp_path / "tb"))
+    api = mock.Mock()
+    with pytest.raises(ShortcotError, match="no finished dataset"):
+        publish(cfg, "dataset", "me/d", api=api)
+    data = tmp_path / "run" / "distill_data"
+    data.mkdir(parents=True)
+    for name in ("summary.json", "data-00000-of-00001.arrow", "cache-123.arrow", "README.md"):
+        (data / name).write_text("{}" if name != "README.md" else "# compressed chains\n")
+    (tmp_path / "run" / "report").mkdir()
+    (tmp_path / "run" / "report" / "table.md").write_text("| run |\n|---|\n| distilled |\n")
+    seen = {}
+
+    def upload_folder(folder_path, **kw):
+        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        seen["card"] = open(f"{folder_path}/README.md").read()
+        seen["repo_type"] = kw["repo_type"]
+
+    api.create_repo.return_value = "https://hf.co/datasets/me/d"
+    api.upload_folder.side_effect = upload_folder
+    assert publish(cfg, "dataset", "me/d", api=api) == "https://hf.co/datasets/me/d"
+    assert seen["repo_type"] == "dataset"
+    assert api.create_repo.call_args.kwargs["repo_type"] == "dataset"
+    assert seen["files"] == ["README.md", "data-00000-of-00001.arrow", "summary.json"]
+    assert "# compressed chains" in seen["card"] and "| distilled |" in seen["card"]
