@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for s in stages:
             flag = "up to date" if stage_is_current(s, state_dir) else "to run"
-            print(f"{s.name:13s} {flag:10s} python -m {s.module} {' '.join(s.args)}")
+            runner = " ".join(s.launcher) if s.launcher else "python"
+            print(f"{s.name:13s} {flag:10s} {runner} -m {s.module} {' '.join(s.args)}")
         return 0
     start = time.time()
     times = {}

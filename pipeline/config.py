@@ -23,6 +23,8 @@ class PipelineConfig:
     grader:         grader name shared by RL rewards, distillation and evaluation.
     rl_config:      train.rl recipe; rl_overrides: key=value changes to it.
     merge_*:        merge.selective settings (DLER section 4.6: density 0.25, scale 0.7).
+    train_launcher: command that starts the two training stages (rl, distill_sft) instead of
+                    plain ``python``, e.g. "accelerate launch --num_processes 8" on a GPU node.
     distill_teacher: where the compressed chains come from: "base" (sample the base model),
                     "dler" (sample the DLER model), or a JSONL file / folder of existing traces.
     distill_build_config / distill_sft_config: distill.build / distill.sft recipes, with
@@ -43,6 +45,7 @@ class PipelineConfig:
     merge_density: float = 0.25
     merge_scale: float = 0.7
     merge_scope: str = "tensor"
+    train_launcher: str = ""
     distill_teacher: str = "base"
     distill_build_config: str = "configs/distill/build_testbed.yaml"
     distill_build_overrides: list[str] = field(default_factory=list)

@@ -10,6 +10,7 @@ anything and ``python -m pipeline run --dry-run`` prints it.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ],
             Path(p.model("dler")),
             settings={"recipe": _file_digest(cfg.rl_config)},
+            launcher=shlex.split(cfg.train_launcher),
         )
     )
     stages.append(
@@ -177,6 +179,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ],
             Path(p.model("distilled")),
             settings={"recipe": _file_digest(cfg.distill_sft_config), "data": stages[-1].key()},
+            launcher=shlex.split(cfg.train_launcher),
         )
     )
     producers = {s.name: s for s in stages}

@@ -42,6 +42,9 @@ class Stage:
     resumes_in_place: the CLI writes into ``output`` as it goes and resumes from it (as
               evals.run does); an output without a record is then an interrupted run to
               continue, not a stale one to replace.
+    launcher: a command that starts the module instead of this Python (e.g.
+              ``["accelerate", "launch", "--num_processes", "8"]``); it must take
+              ``-m module args``. Part of the settings: more processes can change the result.
     """
 
     name: str
@@ -51,15 +54,17 @@ class Stage:
     settings: dict = field(default_factory=dict)
     force_flag: str | None = "--force"
     resumes_in_place: bool = False
+    launcher: list[str] = field(default_factory=list)
 
     def key(self) -> str:
-        blob = json.dumps(
-            {"module": self.module, "args": self.args, "settings": self.settings}, sort_keys=True
-        )
+        fields = {"module": self.module, "args": self.args, "settings": self.settings}
+        if self.launcher:  # only when set, so that records made before launchers stay valid
+            fields["launcher"] = self.launcher
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def command(self, force: bool) -> list[str]:
-        cmd = [sys.executable, "-m", self.module, *self.args]
+        cmd = [*(self.launcher or [sys.executable]), "-m", self.module, *self.args]
         if force and self.force_flag:
             cmd.append(self.force_flag)
         return cmd
@@ -92,7 +97,8 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
     # was made by hand (rebuild) or is an interrupted in-place run (continue it).
     force = stage.output.exists() and (record.exists() or not stage.resumes_in_place)
     cmd = stage.command(force)
-    print(f"[pipeline] {stage.name}: {' '.join(cmd[1:])}", flush=True)
+    shown = cmd if stage.launcher else cmd[1:]  # the Python executable's path is noise
+    print(f"[pipeline] {stage.name}: {' '.join(shown)}", flush=True)
     log_path = log_dir / f"{stage.name}.log"
     start = time.time()
     with log_path.open("w") as log:

@@ -68,6 +68,16 @@ def test_gpu_recipe_points_at_r1_and_skips_the_testbed():
     assert "testbed" not in stages
     assert "model=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in stages["rl"].args
     assert "math500" in stages["eval_base"].args
+    # training stages run under accelerate on the GPU node; the others in plain Python
+    launch = ["accelerate", "launch", "--num_processes", "8", "-m"]
+    assert stages["rl"].command(False)[:6] == [*launch, "train.rl"]
+    assert stages["distill_sft"].command(False)[:6] == [*launch, "distill.sft"]
+    assert stages["merge"].command(False)[1:3] == ["-m", "merge.selective"]
+    single = _by_name(
+        plan(load_config(PipelineConfig, "configs/pipeline/r1_1.5b_gpu.yaml", ["train_launcher="]))
+    )
+    assert single["rl"].command(False)[1:3] == ["-m", "train.rl"]
+    assert single["rl"].key() != stages["rl"].key()  # a launcher change reruns training
 
 
 def test_bad_pipeline_config_is_one_clear_error():
