@@ -112,36 +112,50 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Label positions tried in turn (offset in points, horizontal alignment) until one does not
-# overlap a label already placed: runs close in both axes are common (e.g. two RL methods).
+# Label positions tried in turn (offset in points from the point; a label whose text ends
+# left of its point is right-aligned) until one stays inside the axes and overlaps no label
+# placed before: runs close
+# in both axes are common (a merge sweep puts ten runs within a few tokens at 100%). Labels
+# moved away from their point get a thin leader line.
 _LABEL_SPOTS = [
-    ((5, 5), "left"),
-    ((5, -12), "left"),
-    ((-5, 5), "right"),
-    ((-5, -12), "right"),
-    ((5, 15), "left"),
-    ((-5, 15), "right"),
-    ((5, -22), "left"),
-    ((-5, -22), "right"),
+    (dx, dy)
+    for dy in (5, -12, 15, -22, 25, -32, 35, -42, 45, -52, -62, -72, -82, -92)
+    for dx in (5, -5)
 ]
 
 
 def _place_labels(fig, ax, xs, ys, labels) -> None:
-    """Annotate each point with its label, moving a label around its point to avoid overlaps."""
+    """Annotate each point with its label, moving labels around to avoid overlapping ones."""
+    from matplotlib.text import Text
+
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed = []
     for x, y, label in zip(xs, ys, labels):
-        for offset, ha in _LABEL_SPOTS:
+        spots = [*_LABEL_SPOTS, _LABEL_SPOTS[0]]  # nowhere free: the first spot after all
+        for i, (dx, dy) in enumerate(spots):
+            leader = {"arrowstyle": "-", "color": "0.6", "lw": 0.5} if abs(dy) > 15 else None
             text = ax.annotate(
-                label, (x, y), textcoords="offset points", xytext=offset, ha=ha, fontsize=8
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                ha="left" if dx > 0 else "right",
+                fontsize=8,
+                arrowprops=leader,
             )
-            box = text.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
+            # the text's own box: an annotation's box also spans its leader line
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)
+            inside = (
+                frame.x0 <= box.x0
+                and box.x1 <= frame.x1
+                and frame.y0 <= box.y0
+                and box.y1 <= frame.y1
+            )
+            if i == len(spots) - 1 or (inside and not any(box.overlaps(o) for o in placed)):
                 break
             text.remove()
-        else:  # nowhere free: keep the first spot
-            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-            box = text.get_window_extent(renderer)
         placed.append(box)
 
 
@@ -177,13 +191,13 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "Accuracy v
         edgecolors="tab:red",
         zorder=3,
     )
-    _place_labels(fig, ax, xs, ys, [r["label"] for r in rows])
     ax.set_xlabel("mean generated tokens")
     ax.set_ylabel("pass@1 accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: placing them needs the final data-to-pixel map
+    _place_labels(fig, ax, xs, ys, [r["label"] for r in rows])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
