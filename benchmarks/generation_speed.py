@@ -72,17 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         for start in range(0, len(order), args.batch_size):
             batch = [requests[i].prompt_ids for i in order[start : start + args.batch_size]]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), backend.pad_token_id)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, p in enumerate(batch):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
+            ids, mask = backends.left_pad(batch, backend.pad_token_id)
             with torch.inference_mode():
                 out = backend.model.generate(
                     input_ids=ids, attention_mask=mask, generation_config=cfg
                 )
-            for row in out[:, width:].tolist():
+            for row in out[:, ids.shape[1] :].tolist():
                 tokens += len(
                     backends.cut_at_eos(row, backend.eos_token_ids, backend.pad_token_id)[0]
                 )

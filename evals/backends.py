@@ -100,6 +100,24 @@ def sample_seed(seed: int, prompt_ids: list[int], sample_index: int) -> int:
     return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of prompts padded on the left to the longest one, so that
+    generation continues from the right edge of every row.
+
+    >>> left_pad([[5, 6], [7]], 0)[0].tolist(), left_pad([[5, 6], [7]], 0)[1].tolist()
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
 def cut_at_eos(
     token_ids: list[int], eos_ids: set[int], pad_id: int | None = None
 ) -> tuple[list[int], bool]:
@@ -304,12 +322,7 @@ class HFBackend(Backend):
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):  # left padding
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - len(r.prompt_ids) :] = 1
+        ids, mask = left_pad([r.prompt_ids for r in batch], self.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         processors = LogitsProcessorList()
         sampler = None
@@ -321,23 +334,23 @@ class HFBackend(Backend):
         done: set[int] = set()  # rows that produced end-of-sequence
         generated: list[list[int]] = [[] for _ in batch]
         cache = None
+        gen_cfg = GenerationConfig(
+            do_sample=False,  # sampling, when asked, happens in _PerRowSampler
+            eos_token_id=sorted(self.eos_token_ids),
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+            return_dict_in_generate=True,
+            # Explicit neutral values: the checkpoint's generation_config.json would
+            # otherwise fill them in (warnings, or a repetition penalty nobody asked for).
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+        )
         chunk = EVICT_EVERY
         left = params.max_new_tokens
         while left > 0:
-            gen_cfg = GenerationConfig(
-                max_new_tokens=min(chunk, left),
-                do_sample=False,  # sampling, when asked, happens in _PerRowSampler
-                eos_token_id=sorted(self.eos_token_ids),
-                pad_token_id=self.pad_token_id,
-                use_cache=True,
-                return_dict_in_generate=True,
-                # Explicit neutral values: the checkpoint's generation_config.json would
-                # otherwise fill them in (warnings, or a repetition penalty nobody asked for).
-                temperature=1.0,
-                top_p=1.0,
-                top_k=50,
-                repetition_penalty=1.0,
-            )
+            gen_cfg.max_new_tokens = min(chunk, left)
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids,
