@@ -112,6 +112,40 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def difficulty_table(summaries: Sequence[dict], labels: Sequence[str]) -> str:
+    """Accuracy (± s.e.) and mean tokens per difficulty level, one row per run ("" when no
+    run has levels). Length RL typically costs accuracy on the hardest level first, which
+    the overall mean hides.
+
+    >>> s = {"by_difficulty": {"2": {"accuracy": 1.0, "accuracy_se": 0.0, "mean_tokens": 20.4},
+    ...                        "6": {"accuracy": 0.5, "accuracy_se": 0.05, "mean_tokens": 33}}}
+    >>> print(difficulty_table([s], ["dler"]), end="")
+    | run | 2 | 6 |
+    |---|---|---|
+    | dler | 100.0 ± 0.0% / 20 t | 50.0 ± 5.0% / 33 t |
+    """
+    levels: list[str] = []
+    for s in summaries:
+        levels += [k for k in (s.get("by_difficulty") or {}) if k not in levels]
+    if not levels:
+        return ""
+    from evals.metrics import _difficulty_key
+
+    levels.sort(key=_difficulty_key)
+    lines = ["| run | " + " | ".join(levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for s, label in zip(summaries, labels):
+        cells = []
+        for level in levels:
+            c = (s.get("by_difficulty") or {}).get(level)
+            if not c or c.get("accuracy") is None:
+                cells.append("-")
+                continue
+            se = c.get("accuracy_se") or 0.0
+            cells.append(f"{100 * c['accuracy']:.1f} ± {100 * se:.1f}% / {c['mean_tokens']:.0f} t")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # Label positions tried in turn (offset in points from the point; a label whose text ends
 # left of its point is right-aligned) until one stays inside the axes and overlaps no label
 # placed before: runs close
@@ -159,8 +193,14 @@ def _place_labels(fig, ax, xs, ys, labels) -> None:
         placed.append(box)
 
 
-def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "Accuracy vs tokens") -> None:
-    """Scatter accuracy against mean tokens, label each run, draw the Pareto front."""
+def plot_pareto(
+    rows: Sequence[dict],
+    path: str | Path,
+    title: str = "Accuracy vs tokens",
+    marked: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Scatter accuracy against mean tokens, label each run, draw the Pareto front; runs
+    whose label is in ``marked`` (e.g. the paper's setting in a sweep) get a star."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; safe on servers and in tests
@@ -191,6 +231,19 @@ def plot_pareto(rows: Sequence[dict], path: str | Path, title: str = "Accuracy v
         edgecolors="tab:red",
         zorder=3,
     )
+    stars = [i for i, r in enumerate(rows) if r["label"] in marked]
+    if stars:
+        ax.scatter(
+            [xs[i] for i in stars],
+            [ys[i] for i in stars],
+            marker="*",
+            s=220,
+            color="tab:orange",
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+            label=", ".join(rows[i]["label"] for i in stars),
+        )
     ax.set_xlabel("mean generated tokens")
     ax.set_ylabel("pass@1 accuracy (%)")
     ax.set_title(title)
@@ -236,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = [load_summary(d) for d in args.dirs]
     rows = comparison_rows(summaries, labels)
     table = markdown_table(rows)
+    by_level = difficulty_table(summaries, labels)
+    if by_level:
+        table += "\nBy difficulty (accuracy ± s.e. / mean tokens):\n\n" + by_level
     print(table, end="")
     if args.out:
         atomic_write_text(args.out, table)

@@ -8,8 +8,9 @@ the untrained model and each trained one with `evals.run.evaluate` on ``TESTBED/
 (grader "testbed", temperature 0.6), and writes ``OUT/results.md`` (the table from
 `evals.compare`, plus training cost per method), ``OUT/results.json`` and ``OUT/pareto.png``.
 
-Every stage is skipped when its output exists, so an interrupted run continues where it
-stopped (``--force`` starts over). Training and evaluation are seeded.
+Every stage is skipped when its output exists with the same settings (`experiments.common`),
+so an interrupted run continues where it stopped (``--force`` starts over). Training and
+evaluation are seeded.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from artifacts.config import load_config  # noqa: E402
 from artifacts.errors import ShortcotError, run_cli  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
+from experiments.common import evaluate_model, train_run  # noqa: E402
 
 METHODS = {
     "truncation": "Truncation GRPO",
@@ -39,76 +39,20 @@ METHODS = {
 
 
 def train_one(method: str, testbed: Path, out: Path, overrides: list[str]) -> dict:
-    """Train one method (skipped when its model exists); returns its training cost."""
-    from train.config import RLConfig
-    from train.rl import train
-
-    model_out = out / "models" / method
-    cost_file = out / "models" / f"{method}.cost.json"
-    if (model_out / "config.json").exists() and cost_file.exists():
-        return json.loads(cost_file.read_text())
-    cfg = load_config(
-        RLConfig,
-        ROOT / "configs" / "train" / f"{method}_testbed.yaml",
-        [
-            f"model={testbed / 'model'}",
-            f"data={testbed / 'data' / 'train.jsonl'}",
-            f"out={model_out}",
-            *(
-                [f"laser_d.monitor_data={testbed / 'data' / 'monitor.jsonl'}"]
-                if method.startswith("laser_d")
-                else []
-            ),
-            *overrides,
-        ],
-    )
-    start = time.perf_counter()
-    work = Path(f"{model_out}.work")
-    train(cfg, force=True, resume=work.exists() and any(work.glob("checkpoint-*")))
-    seconds = time.perf_counter() - start
-    log = json.loads((model_out / "training_log.json").read_text())
-    steps = [h for h in log if "reward" in h]
-
-    def mean_of(key, last=None):
-        vals = [h[key] for h in steps[-last if last else 0 :] if h.get(key) is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    cost = {
-        "train_seconds": round(seconds, 1),
-        "steps": cfg.max_steps,
-        "completions_per_step": cfg.per_device_train_batch_size,
-        "filtered_fraction": mean_of("dynamic_sampling/filtered_fraction"),
-        "generation_rounds": mean_of("dynamic_sampling/rounds"),
-        "final_train_length": mean_of("completions/mean_length", 10),
-        "final_train_accuracy": mean_of("shortcot/accuracy", 10),
-        "laser_d_targets": {
-            k.split("/")[-1]: v
-            for h in log
-            for k, v in h.items()
-            if k.startswith("laser_d/target_")
-        },
-    }
-    atomic_write_text(cost_file, json.dumps(cost, indent=1))
-    return cost
+    """Train one method (reused when trained with the same recipe and overrides)."""
+    return train_run(f"{method}_testbed", testbed, out / "models" / method, overrides)
 
 
 def evaluate_one(model: Path, testbed: Path, out: Path, args) -> dict:
-    from evals.run import EvalConfig, evaluate
-
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    cfg = EvalConfig(
-        model=str(model),
-        data=str(testbed / "data" / "test.jsonl"),
-        out=str(out),
-        grader="testbed",
-        samples=args.samples,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        seed=0,
+    return evaluate_model(
+        model,
+        testbed / "data" / "test.jsonl",
+        out,
+        args.samples,
+        args.limit,
+        args.max_new_tokens,
+        args.batch_size,
     )
-    return evaluate(cfg)
 
 
 def results_markdown(rows: list[dict], costs: dict[str, dict], table: str) -> str:

@@ -138,7 +138,7 @@ def to_markdown(r: dict, build: dict | None, settings: str) -> str:
         f"{pct(c['wrong_steps_fixed_by_a_check'])} of wrong steps were fixed by the check after them; "
         f"{c['checks_per_trace']:.2f} step checks and {c['rechecks_per_trace']:.2f} whole re-computations "
         f"per trace; {pct(c['useless_check_share'])} of step checks fixed nothing (useless); "
-        f"{pct(c['wrong_sum_share'])} of steps added wrong (arithmetic errors, which the teacher never makes).",
+        f"{pct(c['wrong_sum_share'])} of steps added wrong (arithmetic slips).",
     ]
     return "\n".join(lines) + "\n"
 

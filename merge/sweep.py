@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output
-from evals.compare import comparison_rows, markdown_table, plot_pareto
+from evals.compare import comparison_rows, difficulty_table, markdown_table, plot_pareto
 from evals.run import evaluate, parse_config
 from merge.selective import MergeConfig, merge_models
 
@@ -61,8 +61,11 @@ def _floats(text: str, name: str) -> list[float]:
     return values
 
 
+PAPER = (0.25, 0.7)  # DLER section 4.6's hand-picked density and scale, marked in the outputs
+
+
 def _label(density: float, scale: float) -> str:
-    return f"d{density:g}_s{scale:g}"
+    return f"d{density:g}_s{scale:g}" + (" (paper)" if (density, scale) == PAPER else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,14 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update()
     for d, s in grid:
         name = _label(d, s)
-        done = work / "eval" / name / "summary.json"
-        if done.exists():
+        folder = f"d{d:g}_s{s:g}"
+        done = work / "eval" / folder / "summary.json"
+        # reuse a grid point only if it was evaluated on the same problems x samples as the
+        # base now (a rerun with a larger --limit grows every point, not just base/tuned)
+        same = done.exists() and all(
+            json.loads(done.read_text()).get(k) == summaries["base"].get(k)
+            for k in ("n_problems", "samples_per_problem")
+        )
+        if same:
             summaries[name] = json.loads(done.read_text())
         else:
-            merged = work / "merges" / name
+            merged = work / "merges" / folder
             if not (merged / "config.json").exists():
                 merge_models(merge_cfg(d, s, merged, force=merged.exists()))
-            summaries[name] = evaluate(eval_cfg(str(merged), name))
+            summaries[name] = evaluate(eval_cfg(str(merged), folder))
             if not a.keep_merges:
                 shutil.rmtree(merged, ignore_errors=True)
         bar.set_postfix_str(f"{name}: acc {100 * summaries[name]['accuracy']:.1f}%")
@@ -197,9 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     bd, bs = grid[best]
     with atomic_output_dir(out, force=a.force) as tmp:
         table = markdown_table(rows)
+        by_level = difficulty_table([summaries[n] for n in labels], labels)
         (tmp / "sweep.md").write_text(
             f"# Merge sweep\n\n{table}\nChosen: density {bd:g}, scale {bs:g} "
             f"(fewest tokens within {a.tolerance:g} points of the base's accuracy).\n"
+            + (
+                f"\nBy difficulty (accuracy ± s.e. / mean tokens):\n\n{by_level}"
+                if by_level
+                else ""
+            )
         )
         (tmp / "sweep.json").write_text(
             json.dumps(
@@ -215,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=2,
             )
         )
-        plot_pareto(rows, tmp / "pareto.png", title="Merge sweep: accuracy vs tokens")
+        plot_pareto(
+            rows,
+            tmp / "pareto.png",
+            title="Merge sweep: accuracy vs tokens",
+            marked={_label(*PAPER)},
+        )
         merge_models(merge_cfg(bd, bs, tmp / "best"))
     print(table)
     print(f"chosen: density {bd:g}, scale {bs:g} -> {out / 'best'}")

@@ -40,7 +40,7 @@ class PipelineConfig:
     train_data: str = ""
     test_data: str = ""
     grader: str = "testbed"
-    rl_config: str = "configs/train/dler_testbed.yaml"
+    rl_config: str = "configs/train/dler_testbed_staged.yaml"
     rl_overrides: list[str] = field(default_factory=list)
     merge_density: float = 0.25
     merge_scale: float = 0.7

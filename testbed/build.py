@@ -33,9 +33,9 @@ from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 from testbed.task import generate_split, to_record
-from testbed.teacher import TeacherConfig, teacher_completion
+from testbed.teacher import TeacherConfig, Trace, teacher_example
 
-BUILD_FORMAT = 3  # bump when the meaning of a setting changes, so old caches are not reused
+BUILD_FORMAT = 4  # bump when the meaning of a setting changes, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -127,33 +127,40 @@ def make_data(cfg: BuildConfig) -> dict[str, list]:
     return {"train": train, "monitor": monitor, "test": test}
 
 
-def teacher_completions(problems: list, cfg: BuildConfig) -> list[str]:
+def teacher_completions(problems: list, cfg: BuildConfig) -> list[Trace]:
     """One teacher trace per training problem, each from its own seeded stream."""
     return [
-        teacher_completion(p, random.Random(f"{cfg.seed}-{i}"), cfg.teacher)
+        teacher_example(p, random.Random(f"{cfg.seed}-{i}"), cfg.teacher)
         for i, p in enumerate(problems)
     ]
 
 
-def build_tokenizer(cfg: BuildConfig, problems: list, completions: list[str]):
+def build_tokenizer(cfg: BuildConfig, problems: list, completions: list[Trace]):
     from testbed.tokenizer import train_tokenizer
 
     n = min(len(problems), 4000)
-    corpus = [DEFAULT_PROMPT_TEMPLATE.format(problem=p.text) for p in problems[:n]] + completions[
-        :n
+    corpus = [DEFAULT_PROMPT_TEMPLATE.format(problem=p.text) for p in problems[:n]] + [
+        c.text for c in completions[:n]
     ]
     return train_tokenizer(corpus, vocab_size=cfg.vocab_size, space_digits=True)
 
 
+def masked_positions(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> tuple:
+    """Indices of the tokens whose characters overlap any of ``spans`` (end-exclusive)."""
+    return tuple(t for t, (a, b) in enumerate(offsets) if any(a < e and s < b for s, e in spans))
+
+
 def tokenize_examples(
-    tokenizer, problems: list, completions: list[str], max_len: int
+    tokenizer, problems: list, completions: list[Trace], max_len: int
 ) -> list[tuple]:
-    """(input_ids, number of prompt tokens) per example.
+    """(input_ids, number of prompt tokens, masked completion positions) per example.
 
     The prompt is rendered with the chat template and ``add_generation_prompt=True``, i.e.
     exactly the ids the model sees at generation time; the completion (plus EOS, so the
     model learns to stop) is tokenized on its own and appended. ``<think>`` is an added
-    token, so the join is the same as tokenizing the whole rendered conversation.
+    token, so the join is the same as tokenizing the whole rendered conversation. The
+    teacher's slipped tokens (`testbed.teacher.Trace.masked`) become positions (counted
+    from the start of the completion) that the loss skips.
     """
     prompts = [
         tokenizer.apply_chat_template(
@@ -162,13 +169,15 @@ def tokenize_examples(
         for p in problems
     ]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer([c + tokenizer.eos_token for c in completions], add_special_tokens=False)[
-        "input_ids"
-    ]
+    enc = tokenizer(
+        [c.text + tokenizer.eos_token for c in completions],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
     out = []
-    for a, b in zip(p_ids, c_ids):
+    for a, b, offsets, c in zip(p_ids, enc["input_ids"], enc["offset_mapping"], completions):
         if len(a) + len(b) <= max_len:
-            out.append((a + b, len(a)))
+            out.append((a + b, len(a), masked_positions(offsets, c.masked)))
     return out
 
 

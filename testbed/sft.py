@@ -57,17 +57,27 @@ def micro_batches(examples: list[tuple], idx: list[int], max_tokens: int) -> lis
 
 
 def collate(examples: list[tuple], idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels with prompt and padding masked (-100)."""
+    """Right-padded ids, attention mask, and labels with prompt and padding masked (-100),
+    and the teacher's slipped tokens (an example's optional third field: positions in the
+    completion) masked too, so the model sees a slip in its context but never learns to
+    write one."""
     width = max(len(examples[i][0]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     labels = torch.full((len(idx), width), -100, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
     for r, i in enumerate(idx):
-        seq, n_prompt = examples[i]
+        seq, n_prompt = examples[i][:2]
         ids[r, : len(seq)] = torch.tensor(seq)
         labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+        for pos in examples[i][2] if len(examples[i]) > 2 else ():
+            labels[r, n_prompt + pos] = -100
         mask[r, : len(seq)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def n_loss_tokens(example: tuple) -> int:
+    """Completion tokens that count in the loss (masked slips excluded)."""
+    return len(example[0]) - example[1] - (len(example[2]) if len(example) > 2 else 0)
 
 
 # ------------------------------------------------------------------------- training
@@ -131,7 +141,7 @@ def train_sft(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         pieces = micro_batches(examples, batches[step], cfg.micro_batch_tokens)
-        n_tokens = sum(len(examples[i][0]) - examples[i][1] for i in batches[step])
+        n_tokens = sum(n_loss_tokens(examples[i]) for i in batches[step])
         loss_sum = 0.0
         for piece in pieces:
             loss = completion_loss(model, collate(examples, piece, pad_id)) / n_tokens

@@ -8,17 +8,25 @@ digit, new partial sum) plus four kinds of extra text, the habits R1-style model
 - re-verification after a step (``wait, check b 5 8 right.``): it re-reads the digit from
   the prompt and recomputes the sum from the previous total; useless when the step was
   right, which it is for most checks;
-- backtracking: a step with an injected look-up slip (a wrong digit copied from the
-  prompt, summed correctly), always caught by the check that follows, which re-reads the
-  prompt and recomputes (``b 4 7 wait, check b 5 8 not 7.``); the trace continues from
-  the corrected sum. These checks are the useful ones: a model trained on such traces
-  learns to re-check and fix, and one that drops every check also loses the fixes. Slips
-  are injected more often on hard (long) problems. Only look-ups are ever wrong: a wrong
-  sum in a training target would teach wrong arithmetic (every ``prev + digit = sum``
-  the model sees is right);
+- backtracking: a step with an injected slip, always caught by the check that follows,
+  which re-reads the prompt and recomputes from the previous total; the trace continues
+  from the corrected sum. Two kinds of slip: a look-up slip (a wrong digit copied from
+  the prompt, summed correctly: ``b 4 7 wait, check b 5 8 not 7.``) and an arithmetic
+  slip (the right digit, a wrong sum: ``b 5 7 wait, check b 5 8 not 7.``), the kind of
+  error the trained model itself makes. The slipped token (the wrong digit, the wrong
+  sum) is returned as a masked span (`Trace.masked`) that the SFT loss skips
+  (`testbed.sft.collate`), so the model learns to *catch* slips without learning to
+  *make* them: every ``prev + digit = sum`` it is trained to write is right. These
+  checks are the useful ones: a model trained on such traces learns to re-check and fix
+  its own slips, and one that drops every check also loses the fixes. Slips are injected
+  more often on hard (long) problems;
 - whole re-computations at the end (``wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right.``),
   whose count is heavy-tailed (Lomax / Pareto II) and larger on easy problems, where they
   are never needed.
+
+Before format 4 of the build the teacher made look-up slips only and trained on them
+unmasked; the model's own errors were arithmetic slips that no check in its training
+ever caught, and its checks fixed 0% of them (README, testbed section).
 
 Every trace ends in the right answer: each slip is fixed before the next step uses the
 sum, and the re-computations restate the correct sums.
@@ -53,7 +61,10 @@ class TeacherConfig:
     check_prob_easy: float = 0.5  # re-check a correct step
     check_prob_hard: float = 0.25
     error_prob_easy: float = 0.02  # inject (and catch) a look-up slip in a step
-    error_prob_hard: float = 0.12
+    error_prob_hard: float = 0.08
+    arith_prob_easy: float = 0.04  # inject (and catch) an arithmetic slip in a step
+    arith_prob_hard: float = 0.12
+    mask_slips: bool = True  # the slipped token is excluded from the SFT loss
     recheck_scale_easy: float = 2.0  # Lomax scale of the number of final re-computations
     recheck_scale_hard: float = 0.6
     recheck_alpha: float = 1.5  # Lomax shape: tail P(K >= k) ~ k^-alpha
@@ -84,22 +95,58 @@ def _slip(rng: random.Random, label: str, digit: int, prev: int) -> tuple[str, i
     return step_text(label, bad_digit, bad_total), bad_total
 
 
-def teacher_thinking(
+def _arith_slip(rng: random.Random, label: str, digit: int, total: int) -> tuple[str, int]:
+    """A step with an arithmetic slip: the right digit, a wrong sum."""
+    bad_total = (total + rng.randrange(1, MODULUS)) % MODULUS
+    return step_text(label, digit, bad_total), bad_total
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A teacher trace and the character spans of its slipped tokens (not to be learned)."""
+
+    text: str
+    masked: tuple[tuple[int, int], ...] = ()
+
+    def shifted(self, prefix: str, suffix: str = "") -> Trace:
+        """The trace wrapped in ``prefix`` / ``suffix``, spans moved with it."""
+        k = len(prefix)
+        return Trace(prefix + self.text + suffix, tuple((a + k, b + k) for a, b in self.masked))
+
+
+def teacher_trace(
     problem: Problem, rng: random.Random, cfg: TeacherConfig = TeacherConfig()
-) -> str:
-    """The overthinking trace (the text inside ``<think>``) for ``problem``."""
+) -> Trace:
+    """The overthinking trace (the text inside ``<think>``) for ``problem``, with the
+    spans of its slipped tokens (the wrong digit of a look-up slip, the wrong sum of an
+    arithmetic slip) when ``cfg.mask_slips``."""
     n = problem.difficulty
     sums = problem.partial_sums()
     parts: list[str] = []
+    masked: list[tuple[int, int]] = []
+
+    def offset() -> int:  # where the next part starts in " ".join(parts)
+        return sum(len(x) + 1 for x in parts)
+
     if rng.random() < cfg.at(n, cfg.intro_prob_easy, cfg.intro_prob_hard):
         parts.append(f"we need {problem.labels[0]} to {problem.labels[-1]} mod 10.")
     p_check = cfg.at(n, cfg.check_prob_easy, cfg.check_prob_hard)
     p_error = cfg.at(n, cfg.error_prob_easy, cfg.error_prob_hard)
+    p_arith = cfg.at(n, cfg.arith_prob_easy, cfg.arith_prob_hard)
     for i, (label, digit) in enumerate(zip(problem.labels, problem.digits)):
         prev = 0 if i == 0 else sums[i - 1]
         right = step_text(label, digit, sums[i])
-        if rng.random() < p_error:
-            wrong, bad_total = _slip(rng, label, digit, prev)
+        u = rng.random()  # one draw picks look-up slip / arithmetic slip / right step
+        if u < p_error + p_arith:
+            lookup = u < p_error
+            if lookup:
+                wrong, bad_total = _slip(rng, label, digit, prev)
+            else:
+                wrong, bad_total = _arith_slip(rng, label, digit, sums[i])
+            # step_text is "label digit sum": the digit is char 2, the sum char 4
+            at = offset() + (2 if lookup else 4)
+            if cfg.mask_slips:
+                masked.append((at, at + 1))
             parts.append(f"{wrong} wait, check {right} not {bad_total}.")
         else:
             parts.append(right)
@@ -114,14 +161,30 @@ def teacher_thinking(
     for _ in range(k):
         parts.append(f"wait, check again: {' '.join(minimal_steps(problem))} right.")
     parts.append(f"so the answer is {problem.answer}.")
-    return " ".join(parts)
+    return Trace(" ".join(parts), tuple(masked))
+
+
+def teacher_thinking(
+    problem: Problem, rng: random.Random, cfg: TeacherConfig = TeacherConfig()
+) -> str:
+    """The overthinking trace (the text inside ``<think>``) for ``problem``."""
+    return teacher_trace(problem, rng, cfg).text
+
+
+def teacher_example(
+    problem: Problem, rng: random.Random, cfg: TeacherConfig = TeacherConfig()
+) -> Trace:
+    """The full assistant turn (trace, ``</think>``, boxed answer) with its masked spans."""
+    trace = teacher_trace(problem, rng, cfg)
+    prefix, suffix = format_completion("\0", problem.answer).split("\0")
+    return trace.shifted(prefix, suffix)
 
 
 def teacher_completion(
     problem: Problem, rng: random.Random, cfg: TeacherConfig = TeacherConfig()
 ) -> str:
     """The full assistant turn: overthinking trace, ``</think>``, boxed answer."""
-    return format_completion(teacher_thinking(problem, rng, cfg), problem.answer)
+    return teacher_example(problem, rng, cfg).text
 
 
 def minimal_thinking(problem: Problem) -> str:
@@ -135,7 +198,7 @@ class TraceAudit:
     steps:          main steps written (one per term when the trace is complete)
     wrong_steps:    main steps whose label, digit or sum was wrong
     wrong_sums:     main steps whose sum is not the held total plus the digit they wrote
-                    (an arithmetic error; the teacher never makes one, only look-up slips)
+                    (an arithmetic slip)
     caught:         wrong steps immediately followed by a check that fixed them
     checks:         step re-checks written (useful = after a wrong step)
     rechecks:       whole re-computations at the end

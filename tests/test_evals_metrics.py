@@ -8,7 +8,13 @@ import pytest
 
 from evals.backends import Completion, cut_at_eos, sample_seed
 from evals.budget import Continuation, check_budget, find_subsequence, plan_continuation
-from evals.compare import comparison_rows, markdown_table, pareto_front, pct_change
+from evals.compare import (
+    comparison_rows,
+    difficulty_table,
+    markdown_table,
+    pareto_front,
+    pct_change,
+)
 from evals.metrics import (
     majority_vote,
     pass_at_1,
@@ -166,3 +172,21 @@ def test_compare_rows_and_pareto():
     table = markdown_table(rows)
     assert "| short | 52.0 | 5.0 | +2.0 | 600 | -40.0 | 2000 | 0.0 | 10x4 | * |" in table
     assert "| base | 50.0 | 5.0 | - | 1000 | - |" in table
+
+
+def test_difficulty_table_golden():
+    """Per-level cells as accuracy ± s.e. / tokens; a level one run lacks shows "-"."""
+    base = {
+        "by_difficulty": {
+            "2": {"accuracy": 0.95, "accuracy_se": 0.01, "mean_tokens": 106.4},
+            "10": {"accuracy": 0.75, "accuracy_se": 0.025, "mean_tokens": 93.0},
+        }
+    }
+    dler = {"by_difficulty": {"2": {"accuracy": 1.0, "accuracy_se": 0.0, "mean_tokens": 23.0}}}
+    assert difficulty_table([base, dler], ["base", "dler"]) == (
+        "| run | 2 | 10 |\n"
+        "|---|---|---|\n"
+        "| base | 95.0 ± 1.0% / 106 t | 75.0 ± 2.5% / 93 t |\n"
+        "| dler | 100.0 ± 0.0% / 23 t | - |\n"
+    )
+    assert difficulty_table([{"by_difficulty": {}}], ["x"]) == ""

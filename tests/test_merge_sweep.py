@@ -87,3 +87,36 @@ def test_sweep_end_to_end(pair):
     # a rerun with the same --out is refused without --force
     with pytest.raises(Exception, match="already exists"):
         main(args)
+
+
+def test_sweep_marks_the_paper_point_and_grows_with_limit(pair):
+    """The paper's 0.25 / 0.7 is labelled as such, and a rerun with a larger --limit
+    re-evaluates the grid points on the larger problem set instead of reusing the old ones."""
+    root, *_ = pair
+    out = root / "sweep_paper"
+    args = [
+        "--base",
+        str(root / "base"),
+        "--tuned",
+        str(root / "tuned"),
+        "--data",
+        str(root / "data.jsonl"),
+        "--out",
+        str(out),
+        "--densities",
+        "0.25",
+        "--scales",
+        "0.7",
+        "--grader",
+        "math",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "2",
+    ]
+    assert main([*args, "--limit", "1"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert rows[2]["label"] == "d0.25_s0.7 (paper)" and rows[2]["n"] == "1x1"
+    assert main([*args, "--limit", "2", "--force"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == ["2x1", "2x1", "2x1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 import time
 
@@ -27,9 +28,11 @@ from testbed.teacher import (
     audit_trace,
     lomax_count,
     teacher_completion,
+    teacher_example,
     teacher_thinking,
 )
 
+SLIP = re.compile(r"([a-z]) (\d) (\d) wait, check \1 (\d) (\d) not (\d)\.")
 EXAMPLE = Problem(("a", "b", "c", "d"), (3, 5, 2, 7))
 
 
@@ -120,7 +123,7 @@ def test_lomax_count_golden():
 def test_teacher_traces_are_correct_and_errors_are_caught():
     cfg = TeacherConfig(min_difficulty=2, max_difficulty=6)  # the default build's range
     problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=6)
-    injected = 0
+    injected = arithmetic = 0
     for i, p in enumerate(problems):
         rng = random.Random(i)
         thinking = teacher_thinking(p, rng, cfg)
@@ -128,11 +131,31 @@ def test_teacher_traces_are_correct_and_errors_are_caught():
         assert audit.complete, thinking  # every term summed, the right final sum
         assert audit.steps == p.difficulty
         assert audit.caught == audit.wrong_steps, thinking  # every injected error is fixed
-        assert audit.wrong_sums == 0, thinking  # only look-ups slip: every sum is right
         injected += audit.wrong_steps
-        completion = teacher_completion(p, random.Random(i), cfg)
-        assert grade(completion, str(p.answer)).correct
-    assert injected > 100  # errors are actually injected (about 7% of steps)
+        arithmetic += audit.wrong_sums
+        example = teacher_example(p, random.Random(i), cfg)
+        assert example.text == teacher_completion(p, random.Random(i), cfg)
+        assert grade(example.text, str(p.answer)).correct
+        # one masked token per slip, and it is exactly the slipped value: the wrong digit of
+        # a look-up slip or the wrong sum of an arithmetic slip, never the fix that follows
+        assert len(example.masked) == audit.wrong_steps
+        for m in SLIP.finditer(example.text):
+            label, digit, total, fixed_digit, fixed_total, said = m.groups()
+            assert said == total
+            lookup = digit != fixed_digit
+            span = m.span(2) if lookup else m.span(3)
+            assert span in example.masked, example
+            if not lookup:
+                assert total != fixed_total
+        assert len(SLIP.findall(example.text)) == audit.wrong_steps
+    assert injected > 200  # errors are actually injected (about 15% of steps)
+    assert 0.3 * injected < arithmetic < 0.8 * injected  # both kinds: look-ups and sums
+
+
+def test_unmasked_teacher_has_no_spans():
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6, mask_slips=False)
+    p = generate_split("train", 1, seed=1, min_difficulty=6, max_difficulty=6)[0]
+    assert all(teacher_example(p, random.Random(i), cfg).masked == () for i in range(50))
 
 
 def test_teacher_trace_golden():
@@ -159,6 +182,19 @@ def test_teacher_trace_golden():
         "c 2 0 d 7 7 wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. "
         "wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. so the answer is 7."
     )
+    # An arithmetic slip: at n = 4 look-up slips take u < 0.08, arithmetic ones
+    # 0.08 <= u < 0.08 + 0.12. a: right, no check (0.9, 0.9); b: u = 0.15, the sum
+    # 8 + 3 = 11 -> 1 (right digit, wrong sum), caught; c, d: right, no checks; no intro
+    # (0.9), rechecks: u = 1 - 0.0 = 1 -> 0.
+    rng = Scripted([0.9, 0.9, 0.9, 0.15, 0.9, 0.9, 0.9, 0.9, 0.0], [3])
+    example = teacher_example(EXAMPLE, rng, cfg)
+    assert example.text == (
+        "<think>\na 3 3 b 5 1 wait, check b 5 8 not 1. c 2 0 d 7 7 so the answer is 7.\n"
+        "</think>\n\\boxed{7}"
+    )
+    # the masked span is the wrong sum "1" of "b 5 1" (the slip), and nothing else
+    assert [example.text[a:b] for a, b in example.masked] == ["1"]
+    assert example.masked == ((18, 19),)
 
 
 def test_audit_flags_an_uncaught_error():
@@ -212,6 +248,41 @@ def test_lr_schedule_golden():
     assert sft.lr_at(9, cfg) == pytest.approx(1e-3)
     assert sft.lr_at(60, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half way: cos = 0
     assert sft.lr_at(110, cfg) == pytest.approx(1e-4)
+
+
+def test_collate_masks_the_slipped_tokens():
+    """A third field lists completion positions that the loss skips (the teacher's slips)."""
+    examples = [([1, 2, 3, 4, 5, 6], 2, (1, 3)), ([1, 2, 3], 1, ())]
+    batch = sft.collate(examples, [0, 1], pad_id=0)
+    assert batch["labels"].tolist() == [
+        [-100, -100, 3, -100, 5, -100],
+        [-100, 2, 3, -100, -100, -100],
+    ]
+    assert [sft.n_loss_tokens(e) for e in examples] == [2, 2]
+
+
+def test_masked_positions_from_offsets_golden():
+    # tokens: "<think>" (0,7), "\n" (7,8), "b" (8,9), " 5" (9,11), " 1" (11,13)
+    offsets = [(0, 7), (7, 8), (8, 9), (9, 11), (11, 13)]
+    assert tb.masked_positions(offsets, ((12, 13),)) == (4,)
+    assert tb.masked_positions(offsets, ((10, 11), (12, 13))) == (3, 4)
+    assert tb.masked_positions(offsets, ()) == ()
+
+
+def test_tokenized_slips_mask_exactly_the_slipped_digit():
+    """With the real testbed tokenizer, each masked position decodes to the slipped digit."""
+    cfg = tb.make_config("tiny")
+    problems = generate_split("train", 200, seed=3, min_difficulty=4, max_difficulty=4)
+    traces = tb.teacher_completions(problems, cfg)
+    tok = tb.build_tokenizer(cfg, problems, traces)
+    examples = tb.tokenize_examples(tok, problems, traces, max_len=512)
+    assert len(examples) == len(traces)
+    n = 0
+    for (ids, n_prompt, masked), trace in zip(examples, traces):
+        slipped = [trace.text[a:b] for a, b in trace.masked]
+        assert [tok.decode(ids[n_prompt + pos]).strip() for pos in masked] == slipped
+        n += len(masked)
+    assert n > 20
 
 
 def test_micro_batches_and_collate_mask_the_prompt():
