@@ -78,14 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/useful_checks", help="output folder")
     p.add_argument("--limit", type=int, default=512, help="test problems")
     p.add_argument("--samples", type=int, default=4, help="samples per problem")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the build")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1, as testbed.build)")
     args = p.parse_args(argv)
     import torch
 
     from testbed.build import build, make_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     testbed, out = Path(args.testbed), Path(args.out)
     if not (testbed / "build.json").exists():
         raise ShortcotError(
@@ -95,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if json.loads((testbed / "build.json").read_text())["digest"] != cfg.digest():
         raise ShortcotError(f"{testbed} is not the default testbed; rebuild it or pass --testbed")
     no_checks = out / "testbed_no_checks"
-    build(no_checks, replace(cfg, teacher=replace(cfg.teacher, **NO_CHECKS)))
+    build(no_checks, replace(cfg, teacher=replace(cfg.teacher, **NO_CHECKS)), threads=args.threads)
 
     test = testbed / "data" / "test.jsonl"
     runs = {}

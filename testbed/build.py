@@ -208,9 +208,19 @@ def is_complete(out: Path) -> bool:
 
 
 def build(
-    out: str | os.PathLike, cfg: BuildConfig, force: bool = False, progress: bool = True
+    out: str | os.PathLike,
+    cfg: BuildConfig,
+    force: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
 ) -> Path:
-    """Build the testbed at ``out`` (cached; resumable); returns ``out``."""
+    """Build the testbed at ``out`` (cached; resumable); returns ``out``.
+
+    ``threads``: torch CPU threads for the build (None leaves torch's setting). The CLI
+    uses 1: a matmul's reduction order depends on the thread count, so a build on a
+    machine with more cores would otherwise give other weights in the last bits (and,
+    through sampling, other numbers everywhere downstream).
+    """
     from artifacts.cards import write_model_card
 
     out = Path(out)
@@ -226,8 +236,13 @@ def build(
         raise ShortcotError(
             f"output {out} exists and is not a testbed build; pass --force or choose another --out"
         )
+    import torch
+
     from testbed.model import init_model, save_checkpoint, tiny_llama_config
     from testbed.sft import train_sft
+
+    if threads:
+        torch.set_num_threads(threads)
 
     work = out.parent / f".{out.name}.work-{cfg.digest()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -305,7 +320,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--steps", type=int, default=None, help="SFT steps (default: the preset's; 400 for default)"
     )
     ap.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the same weights bit for bit on any machine, and "
+        "no slowdown when other jobs share the cores; more threads change the last bits)",
     )
     ap.add_argument(
         "--force", action="store_true", help="rebuild even if OUT exists (replaces it at the end)"
@@ -325,13 +344,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise ShortcotError(f"--threads must be positive, got {args.threads}")
     cfg = make_config(args.preset, seed=args.seed, steps=args.steps)
     t0 = time.time()
-    out = build(args.out, cfg, force=args.force, progress=not args.no_progress)
+    out = build(
+        args.out, cfg, force=args.force, progress=not args.no_progress, threads=args.threads
+    )
     info = json.loads((out / "build.json").read_text())
     if args.push_to_hub:
         from artifacts.hub import push_folder

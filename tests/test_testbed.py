@@ -148,8 +148,25 @@ def test_teacher_traces_are_correct_and_errors_are_caught():
             if not lookup:
                 assert total != fixed_total
         assert len(SLIP.findall(example.text)) == audit.wrong_steps
-    assert injected > 200  # errors are actually injected (about 15% of steps)
-    assert 0.3 * injected < arithmetic < 0.8 * injected  # both kinds: look-ups and sums
+    assert injected > 100  # errors are actually injected (about 7% of steps)
+    assert arithmetic == injected  # the default teacher's slips are all arithmetic
+
+
+def test_lookup_slips_are_masked_too():
+    """A teacher configured with look-up slips masks the wrong digit (not the sum)."""
+    cfg = TeacherConfig(
+        min_difficulty=2, max_difficulty=6, error_prob_easy=0.3, error_prob_hard=0.3
+    )
+    problems = generate_split("train", 200, seed=2, min_difficulty=2, max_difficulty=6)
+    lookups = 0
+    for i, p in enumerate(problems):
+        example = teacher_example(p, random.Random(i), cfg)
+        assert audit_trace(p, example.text.split("\n")[1]).complete
+        for m in SLIP.finditer(example.text):
+            if m.group(2) != m.group(4):  # a look-up slip: the digit is wrong
+                assert m.span(2) in example.masked
+                lookups += 1
+    assert lookups > 50
 
 
 def test_unmasked_teacher_has_no_spans():
@@ -171,7 +188,14 @@ def test_teacher_trace_golden():
         def randrange(self, *args):
             return self.ranges.pop(0)
 
-    cfg = TeacherConfig(min_difficulty=2, max_difficulty=4)
+    cfg = TeacherConfig(
+        min_difficulty=2,
+        max_difficulty=4,
+        error_prob_easy=0.02,
+        error_prob_hard=0.12,
+        arith_prob_easy=0.0,
+        arith_prob_hard=0.0,
+    )
     # n = 4 is the hard end: intro 0.5, check 0.25, slip 0.12, recheck scale 0.6.
     # intro yes (0.1); a: no slip (0.9), check (0.1); b: slip (0.05) with digit 5 + 4 = 9,
     # summed right (3 + 9 = 2), caught at once; c: no slip, no check (0.9, 0.9); d: the
@@ -182,11 +206,11 @@ def test_teacher_trace_golden():
         "c 2 0 d 7 7 wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. "
         "wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. so the answer is 7."
     )
-    # An arithmetic slip: at n = 4 look-up slips take u < 0.08, arithmetic ones
-    # 0.08 <= u < 0.08 + 0.12. a: right, no check (0.9, 0.9); b: u = 0.15, the sum
-    # 8 + 3 = 11 -> 1 (right digit, wrong sum), caught; c, d: right, no checks; no intro
-    # (0.9), rechecks: u = 1 - 0.0 = 1 -> 0.
-    rng = Scripted([0.9, 0.9, 0.9, 0.15, 0.9, 0.9, 0.9, 0.9, 0.0], [3])
+    # The default teacher's arithmetic slip: at n = 4 it slips when u < 0.12. No intro
+    # (0.9); a: right, no check (0.9, 0.9); b: u = 0.05, the sum 8 + 3 = 11 -> 1 (right
+    # digit, wrong sum), caught; c, d: right, no checks; rechecks: u = 1 - 0.0 = 1 -> 0.
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=4)
+    rng = Scripted([0.9, 0.9, 0.9, 0.05, 0.9, 0.9, 0.9, 0.9, 0.0], [3])
     example = teacher_example(EXAMPLE, rng, cfg)
     assert example.text == (
         "<think>\na 3 3 b 5 1 wait, check b 5 8 not 1. c 2 0 d 7 7 so the answer is 7.\n"
