@@ -88,13 +88,17 @@ def test_pipeline_produces_correct_artifacts(run):
     for name in ("base", "dler", "merged", "distilled"):
         summary = json.loads((work / "eval" / name / "summary.json").read_text())
         assert summary["n_problems"] == N_EVAL
-    table = (work / "report" / "table.md").read_text()
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+    table, by_level = (work / "report" / "table.md").read_text().split("\nBy difficulty")
+    assert [line.split("|")[1].strip() for line in table.strip().splitlines()[2:]] == [
         "base",
         "dler",
         "merged",
         "distilled",
     ]
+    # one row per model in the per-difficulty table too, with the tiny preset's levels 2-4
+    rows = [line for line in by_level.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| run | 2 | 3 | 4 |"
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["base", "dler", "merged", "distilled"]
     assert (work / "report" / "pareto.png").stat().st_size > 0
     assert "| merge | ran |" in (work / "report" / "report.md").read_text()
 
