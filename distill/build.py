@@ -57,8 +57,10 @@ from distill.teacher import (
 from evals.grading import (
     PROBE_PROBLEM,
     PROMPT_OPENS_THINK,
+    THINK_OPEN,
     get_grader,
     resolve_prompt_opens_think,
+    think_opening,
 )
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 
@@ -166,17 +168,17 @@ def traces_open_think(setting: str, group: Sequence[RawTrace], fallback: bool) -
     return said[-1] if said else fallback
 
 
-def template_opens_think(cfg: BuildConfig, tokenizer) -> bool:
-    """``--prompt-opens-think auto`` for traces that do not say: read off ``tokenizer``'s
-    chat template (`evals.grading.resolve_prompt_opens_think`); no template, no."""
+def template_think(cfg: BuildConfig, tokenizer) -> tuple[bool, str]:
+    """What ``tokenizer``'s chat template says (no template: nothing): whether its
+    generation prompt opens the think block (``--prompt-opens-think auto`` for traces that
+    do not say, `evals.grading.resolve_prompt_opens_think`), and the text that opens it
+    (`evals.grading.think_opening`; default ``"<think>\\n"``, R1-Distill's and QwQ's)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        return False
-
-    def render(messages):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
+        return False, THINK_OPEN + "\n"
     probe = build_messages(PROBE_PROBLEM, cfg.prompt_template, cfg.system_prompt)
-    return resolve_prompt_opens_think(cfg.prompt_opens_think, render, probe)
+    prompt = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    opened = resolve_prompt_opens_think(cfg.prompt_opens_think, lambda m: prompt)
+    return opened, think_opening(prompt) or THINK_OPEN + "\n"
 
 
 def load_problem_infos(cfg: BuildConfig) -> dict[str, ProblemInfo]:
@@ -235,7 +237,7 @@ def build(cfg: BuildConfig) -> dict:
         raw = {k: v for k, v in raw.items() if k in wanted}
     raw = dedupe_samples(raw)
     count = _token_counter(tokenizer)
-    fallback_opens_think = template_opens_think(cfg, tokenizer)
+    fallback_opens_think, opening = template_think(cfg, tokenizer)
 
     scorer = None
     if "step-prune" in pipeline and cfg.prune_scorer == "perplexity":
@@ -282,9 +284,14 @@ def build(cfg: BuildConfig) -> dict:
             problem_drops[res.problem_drop] += 1
         mean_sample = statistics.fmean(t.num_tokens for t in traces)
         for t in res.kept:
+            # Where the prompt opened the think block, the chain starts with the text that
+            # opened it, so the student trains on the very sequence the teacher generated
+            # (training templates render the assistant turn after a bare assistant tag);
+            # token counts stay those of the teacher's completion.
+            text = (opening if opened else "") + t.text
             rows.append(
                 make_row(
-                    prompt, t.text, problem_id=pid, answer=info.answer, difficulty=info.difficulty,
+                    prompt, text, problem_id=pid, answer=info.answer, difficulty=info.difficulty,
                     original_tokens=t.original_tokens, compressed_tokens=t.num_tokens,
                     mean_sample_tokens=mean_sample, sample=t.sample, strategy=strategy_name, teacher=cfg.teacher,
                 )

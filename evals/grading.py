@@ -96,6 +96,18 @@ def prompt_opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 
 
+def think_opening(prompt: str) -> str:
+    """The text with which a rendered generation prompt opened the think block
+    (``"<think>\\n"`` for DeepSeek-R1-Distill), "" when it did not open one. A training
+    chain that starts with it is exactly what followed the prompt's assistant tag when the
+    teacher generated it (`distill.build`).
+
+    >>> think_opening("<|Assistant|><think>\\n"), think_opening("<|assistant|>\\n")
+    ('<think>\\n', '')
+    """
+    return prompt[prompt.rfind(THINK_OPEN) :] if prompt_opens_think(prompt) else ""
+
+
 def resolve_prompt_opens_think(
     setting: str | bool | None,
     render: Callable[[list[dict]], str] | None = None,

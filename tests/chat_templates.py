@@ -36,6 +36,16 @@ R1_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|><think>\\n' }}{% endif %}"
 )
 
+# The training variant of R1_TEMPLATE, as TRL patches DeepSeek-R1-Distill's
+# (trl/chat_templates/deepseek_r1_distill_training.jinja): the assistant turn is kept whole
+# (no '</think>' split) inside {% generation %} markers.
+R1_TRAINING_TEMPLATE = R1_TEMPLATE.replace(
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{ '<|assistant|>' + content + '<|end|>' }}",
+    "{{ '<|assistant|>' }}{% generation %}{{ content + '<|end|>' }}{% endgeneration %}",
+)
+assert R1_TRAINING_TEMPLATE != R1_TEMPLATE
+
 QWEN3_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"

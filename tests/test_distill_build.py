@@ -394,7 +394,7 @@ def r1_script(prompt: str, sample: int):
 def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
     tmp_path, data_file, tiny_tokenizer, monkeypatch
 ):
-    from chat_templates import R1_TEMPLATE, model_with_template
+    from chat_templates import R1_TEMPLATE, R1_TRAINING_TEMPLATE, model_with_template
     from transformers import AutoTokenizer
 
     model = model_with_template(tmp_path / "r1", tiny_tokenizer, R1_TEMPLATE)
@@ -413,12 +413,23 @@ def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
     ]  # fmt: skip
     assert sorted(fake.prompts) == sorted(p for p in trained for _ in range(3))
     assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in rows)
-    # the shorter chain that boxed its answer without closing the think block is no answer
+    # the shorter chain that boxed its answer without closing the think block is no answer;
+    # the kept chain starts with the "<think>\n" the prompt opened, so a training template
+    # renders exactly the teacher's prompt followed by the chain as the teacher wrote it
+    train_tok = AutoTokenizer.from_pretrained(model)
+    train_tok.chat_template = R1_TRAINING_TEMPLATE
     for r in rows:
         i = int(r["id"][1:])
         s = (i + 5) % 10
-        assert r["messages"][-1]["content"] == (
-            f"k is {i}, total {i}. q is 5, {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
+        chain = f"k is {i}, total {i}. q is 5, {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
+        assert r["messages"][-1]["content"] == "<think>\n" + chain
+        prompt = tok.apply_chat_template(
+            r["messages"][:-1], add_generation_prompt=True, tokenize=False
+        )
+        assert prompt.endswith("<|assistant|><think>\n")
+        assert (
+            train_tok.apply_chat_template(r["messages"], tokenize=False)
+            == prompt + chain + "<|end|>"
         )
     assert summary["dropped_samples"] == {"unclosed think block": 5, "truncated": 5}
     assert summary["prompt_opens_think"] == "yes"
@@ -438,6 +449,8 @@ def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
                        "shortest-correct", "--prompt-opens-think", "no"))  # fmt: skip
     assert plain["dropped_samples"] == {"shortest-correct: not the shortest": 5, "truncated": 5}
     assert plain["prompt_opens_think"] == "no"
+    first = datasets.load_from_disk(str(tmp_path / "plain"))[0]["messages"][-1]["content"]
+    assert first.startswith("k is ") and "</think>" not in first
 
 
 def test_torn_last_line_of_the_teacher_samples_is_repaired_on_resume(
