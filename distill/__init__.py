@@ -6,7 +6,7 @@ verified-correct reasoning chains and fine-tune on them.
 - `distill.strategies`: the compression strategies as pure functions on traces
   (shortest-correct, first-correct, step-prune, any-correct) and their pipeline.
 - `distill.perplexity`: optional model-based step importance for step-prune.
-- `distill.teacher`: sampling a teacher (resumable) or reading existing traces.
+- `distill.teacher`: sampling a teacher with `evals.run`'s engine, or reading existing traces.
 - `distill.dataset`: the chat-format rows, statistics and saving.
 - `distill.build` / `distill.sft`: the two CLIs (``python -m distill.build``,
   ``python -m distill.sft``); `distill.sft_config` is the SFT recipe schema.

@@ -4,7 +4,8 @@ Cutting a trace at "the first point where the answer reached is correct" (overth
 paper, arXiv 2412.21187; ALGORITHMS.md section 4.2) needs to read candidate answers off
 the steps of the trace. That is task-specific, so detectors are pluggable by name:
 
-- ``math`` (default): ``\\boxed{X}`` anywhere in the step, "the answer is X" /
+- ``math`` (default): a box anywhere in the step (`evals.grading.boxed_answers`: the
+  grader's reading of ``\\boxed{X}``, ``\\boxed X``, ``\\fbox{X}``), "the answer is X" /
   "answer: X", a value stated at the end of the step after ``=``, ``is`` or ``:``
   ("... = 19.", "12 plus 7 is 19.", "let me check: 19."), and a step that is only a
   conclusion ("So 19.", "Therefore, 19."). This also covers the CPU
@@ -31,7 +32,7 @@ import re
 from collections.abc import Callable
 
 from artifacts.plugins import load_callable
-from evals.grading import Grader, extract_boxed
+from evals.grading import Grader, boxed_answers
 
 AnswerDetector = Callable[[str], list[str]]
 
@@ -47,24 +48,6 @@ _SO_VALUE = re.compile(
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
-def _boxed_all(text: str) -> list[str]:
-    out, start = [], 0
-    while True:
-        i = text.find("\\boxed{", start)
-        if i == -1:
-            return out
-        # extract_boxed reads the last box of its input, so hand it just this one.
-        j = i + len("\\boxed{")
-        depth = 1
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        box = extract_boxed(text[i:j])
-        if box is not None:
-            out.append(box)
-        start = j
-
-
 def math_answers(step: str) -> list[str]:
     """Candidate answers stated in ``step`` (see the module docstring), in order, unique.
 
@@ -75,7 +58,7 @@ def math_answers(step: str) -> list[str]:
     >>> math_answers("Then we add 3 to both sides")
     []
     """
-    found = _boxed_all(step)
+    found = boxed_answers(step)
     found += [m.group("x") for m in _ANSWER_IS.finditer(step)]
     for pattern in (_END_VALUE, _SO_VALUE):
         m = pattern.search(step.strip())
@@ -116,7 +99,7 @@ def testbed_answers(step: str, problem: str | None = None) -> list[str]:
     >>> testbed_answers("wait, let me check again: 3 + 5 = 8. right.", p), testbed_answers("so the answer is 8.", p)
     (['8'], ['8'])
     """
-    out = _boxed_all(step) + [m.group("x").rstrip(".,;") for m in _ANSWER_IS.finditer(step)]
+    out = boxed_answers(step) + [m.group("x").rstrip(".,;") for m in _ANSWER_IS.finditer(step)]
     m = _TB_RECHECK.search(step.replace(" right.", "").strip())
     if m:
         out.append(m.group(1))

@@ -12,10 +12,12 @@
         --strategy step-prune --format jsonl --out runs/distill/pruned
 
 The flow (ALGORITHMS.md section 4): sample (or read) N traces per problem; grade them with
-the shared grader (only finished, formatted, correct traces enter); apply the strategies
-of `distill.strategies` in the order given; re-verify; write the chat-format dataset, its
-card and ``summary.json`` / ``summary.md``. Sampling resumes from ``--work-dir``; records
-that cannot be parsed or graded are skipped and counted.
+the shared grader under the answer contract (only finished, formatted, correct traces
+enter; a trace that never closes its think block has no answer); apply the strategies of
+`distill.strategies` in the order given; re-verify; write the chat-format dataset, its
+card and ``summary.json`` / ``summary.md``. The teacher is sampled by the evaluation's
+engine (`evals.run.evaluate`, see `distill.teacher`) into ``--work-dir``, an ``evals.run``
+folder that resumes; records that cannot be parsed or graded are skipped and counted.
 """
 
 from __future__ import annotations
@@ -46,12 +48,20 @@ from distill.strategies import (
 )
 from distill.teacher import (
     ProblemInfo,
+    RawTrace,
     dedupe_samples,
     is_trace_source,
     read_traces,
     sample_teacher,
 )
-from evals.grading import get_grader
+from evals.grading import (
+    PROBE_PROBLEM,
+    PROMPT_OPENS_THINK,
+    THINK_OPEN,
+    get_grader,
+    resolve_prompt_opens_think,
+    think_opening,
+)
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 
 
@@ -76,7 +86,6 @@ class BuildConfig:
     batch_size: int = 32
     device: str | None = None
     dtype: str | None = None
-    chunk_size: int = 64
     work_dir: str | None = None
     # data
     split: str | None = None
@@ -86,6 +95,7 @@ class BuildConfig:
     id_column: str | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     system_prompt: str | None = None
+    prompt_opens_think: str = "auto"  # auto | yes | no (the answer contract)
     tokenizer: str | None = None
     # strategies
     options: StrategyOptions = field(default_factory=StrategyOptions)
@@ -117,6 +127,60 @@ def _load_tokenizer(path: str):
         ) from err
 
 
+def teacher_eval_config(cfg: BuildConfig, work_dir: Path):
+    """The `evals.run.EvalConfig` that samples a model teacher into ``work_dir``: the same
+    problems, prompt (template and system prompt), sampling settings, grader and answer
+    contract as the build."""
+    from evals.run import EvalConfig
+
+    return EvalConfig(
+        model=cfg.teacher,
+        data=cfg.data,
+        out=str(work_dir),
+        problem_column=cfg.problem_column,
+        answer_column=cfg.answer_column,
+        id_column=cfg.id_column,
+        split=cfg.split,
+        limit=cfg.limit,
+        grader=cfg.grader,
+        prompt_template=cfg.prompt_template,
+        system_prompt=cfg.system_prompt,
+        samples=cfg.samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        backend=cfg.backend,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        prompt_opens_think=cfg.prompt_opens_think,
+    )
+
+
+def traces_open_think(setting: str, group: Sequence[RawTrace], fallback: bool) -> bool:
+    """Whether the prompt of one problem's traces opened the think block (the answer
+    contract): ``--prompt-opens-think`` yes / no as given; auto: what the records say
+    (evals.run, and so the teacher's work folder, writes it), else ``fallback``."""
+    if setting != "auto":
+        return setting == "yes"
+    said = [t.prompt_opens_think for t in group if t.prompt_opens_think is not None]
+    return said[-1] if said else fallback
+
+
+def template_think(cfg: BuildConfig, tokenizer) -> tuple[bool, str]:
+    """What ``tokenizer``'s chat template says (no template: nothing): whether its
+    generation prompt opens the think block (``--prompt-opens-think auto`` for traces that
+    do not say, `evals.grading.resolve_prompt_opens_think`), and the text that opens it
+    (`evals.grading.think_opening`; default ``"<think>\\n"``, R1-Distill's and QwQ's)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return False, THINK_OPEN + "\n"
+    probe = build_messages(PROBE_PROBLEM, cfg.prompt_template, cfg.system_prompt)
+    prompt = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    opened = resolve_prompt_opens_think(cfg.prompt_opens_think, lambda m: prompt)
+    return opened, think_opening(prompt) or THINK_OPEN + "\n"
+
+
 def load_problem_infos(cfg: BuildConfig) -> dict[str, ProblemInfo]:
     from evals.data import load_problems
 
@@ -138,6 +202,10 @@ def build(cfg: BuildConfig) -> dict:
         raise ShortcotError(f"unknown --format {cfg.format!r}; use one of {', '.join(FORMATS)}")
     if cfg.prune_scorer not in ("rules", "perplexity"):
         raise ShortcotError(f"unknown --prune-scorer {cfg.prune_scorer!r}; use rules or perplexity")
+    if cfg.prompt_opens_think not in PROMPT_OPENS_THINK:
+        raise ShortcotError(
+            f"--prompt-opens-think must be auto, yes or no, got {cfg.prompt_opens_think!r}"
+        )
     check_output(cfg.out, cfg.force)  # fail before hours of sampling, not after
     grader = get_grader(cfg.grader)
     detector = get_detector(cfg.detector)
@@ -161,32 +229,15 @@ def build(cfg: BuildConfig) -> dict:
             raise ShortcotError(
                 "--data is required when --teacher is a model; pass a problems file or preset"
             )
-        from artifacts.hub import resolve_local
-        from evals.backends import SamplingParams, load_backend
-
-        model_dir = resolve_local(cfg.teacher)
-        backend = load_backend(
-            cfg.backend, model_dir, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
-        )
-        tokenizer = _load_tokenizer(cfg.tokenizer) if cfg.tokenizer else backend.tokenizer
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            n=cfg.samples,
-            seed=cfg.seed,
-        )
         work_dir = Path(cfg.work_dir or f"{cfg.out.rstrip('/')}.work")
-        samples_path = sample_teacher(
-            backend, list(problems.values()), params, work_dir, cfg.teacher,
-            template=cfg.prompt_template, chunk_size=cfg.chunk_size,
-        )  # fmt: skip
-        del backend
+        samples_path = sample_teacher(teacher_eval_config(cfg, work_dir))
+        tokenizer = _load_tokenizer(cfg.tokenizer or cfg.teacher)
         wanted = set(problems)
         problems, raw, unparsable = read_traces(samples_path, problems)
         raw = {k: v for k, v in raw.items() if k in wanted}
     raw = dedupe_samples(raw)
     count = _token_counter(tokenizer)
+    fallback_opens_think, opening = template_think(cfg, tokenizer)
 
     scorer = None
     if "step-prune" in pipeline and cfg.prune_scorer == "perplexity":
@@ -205,13 +256,17 @@ def build(cfg: BuildConfig) -> dict:
     rows: list[dict] = []
     problem_drops, sample_drops, notes = Counter(), Counter(), Counter()
     all_lens, correct_lens = [], []
+    opened_problems = 0
     strategy_name = ",".join(pipeline)
     for pid, group in tqdm(raw.items(), desc="compressing", unit="problem"):
         info = problems[pid]
         prompt = build_messages(info.problem, cfg.prompt_template, cfg.system_prompt)
+        opened = traces_open_think(cfg.prompt_opens_think, group, fallback_opens_think)
+        opened_problems += opened
         ctx = Context(
-            info.answer, grader, count, bind_detector(detector, info.problem), prompt=prompt
-        )
+            info.answer, grader, count, bind_detector(detector, info.problem), prompt=prompt,
+            prompt_opens_think=opened,
+        )  # fmt: skip
         traces = []
         for t in group:
             n = count(t.completion)
@@ -229,9 +284,14 @@ def build(cfg: BuildConfig) -> dict:
             problem_drops[res.problem_drop] += 1
         mean_sample = statistics.fmean(t.num_tokens for t in traces)
         for t in res.kept:
+            # Where the prompt opened the think block, the chain starts with the text that
+            # opened it, so the student trains on the very sequence the teacher generated
+            # (training templates render the assistant turn after a bare assistant tag);
+            # token counts stay those of the teacher's completion.
+            text = (opening if opened else "") + t.text
             rows.append(
                 make_row(
-                    prompt, t.text, problem_id=pid, answer=info.answer, difficulty=info.difficulty,
+                    prompt, text, problem_id=pid, answer=info.answer, difficulty=info.difficulty,
                     original_tokens=t.original_tokens, compressed_tokens=t.num_tokens,
                     mean_sample_tokens=mean_sample, sample=t.sample, strategy=strategy_name, teacher=cfg.teacher,
                 )
@@ -246,6 +306,10 @@ def build(cfg: BuildConfig) -> dict:
         "tokens" if tokenizer is not None else "whitespace words (no --tokenizer)"
     )
     summary["strategy"] = strategy_name
+    summary["prompt_opens_think"] = (
+        "yes" if raw and opened_problems == len(raw) else "no" if not opened_problems
+        else f"{opened_problems} of {len(raw)} problems"
+    )  # fmt: skip
     table = summary_markdown(summary)
     print(table)
     recipe = asdict(cfg)
@@ -365,15 +429,10 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         "--dtype", default=d.dtype, help="model dtype, e.g. bfloat16 (default: backend's choice)"
     )
     g.add_argument(
-        "--chunk-size",
-        type=int,
-        default=d.chunk_size,
-        help="problems per saved chunk (resume granularity)",
-    )
-    g.add_argument(
         "--work-dir",
         default=d.work_dir,
-        help="where raw samples are appended for resume (default: OUT.work)",
+        help="where the teacher's samples are written, an evals.run folder that resumes "
+        "(default: OUT.work)",
     )
     g = p.add_argument_group("data")
     g.add_argument("--split", default=d.split, help="split of a datasets folder or Hub dataset")
@@ -389,6 +448,15 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         "--prompt-template", default=d.prompt_template, help="user-turn template with {problem}"
     )
     g.add_argument("--system-prompt", default=d.system_prompt, help="optional system turn")
+    g.add_argument(
+        "--prompt-opens-think",
+        default=d.prompt_opens_think,
+        choices=PROMPT_OPENS_THINK,
+        help="whether the teacher's chat template opens the think block in the prompt "
+        "(DeepSeek-R1-Distill, QwQ); then a trace that never writes </think> has no answer and is "
+        "dropped. auto: the teacher's template; for trace files, the records' prompt_opens_think "
+        "(evals.run writes it), else --tokenizer's template, else no",
+    )
     g.add_argument(
         "--tokenizer",
         default=d.tokenizer,
@@ -463,8 +531,6 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         raise ShortcotError("--teacher and --out are required (on the command line or in --config)")
     if ns.samples < 1:
         raise ShortcotError(f"--samples must be >= 1, got {ns.samples}")
-    if ns.chunk_size < 1:
-        raise ShortcotError(f"--chunk-size must be >= 1, got {ns.chunk_size}")
     if ns.max_ratio_to_median is not None and ns.max_ratio_to_median <= 0:
         raise ShortcotError(f"--max-ratio-to-median must be > 0, got {ns.max_ratio_to_median}")
     if not 0 <= ns.prune_max_drop_fraction <= 1:

@@ -12,7 +12,8 @@ outputs"), applies the strategies in the order given, and re-verifies what comes
 - `first_correct`: the overthinking paper (arXiv 2412.21187, "First-Correct Solutions",
   FCS, and FCS+Reflection): cut the think trace after the first solution round that ends
   on the correct answer (`round_ends`), optionally keep one verification (the next round
-  that states an answer again), close the trace, keep the final answer, re-verify.
+  that states an answer again, only when it confirms that answer), close the trace, keep
+  the final answer, re-verify.
 - `step_prune`: SPIRIT-style step pruning (ALGORITHMS.md s. 4.4): drop redundant steps
   (verbatim restatements, and re-checks that state nothing new and correct nothing,
   `redundant_steps`) one by one, each drop kept
@@ -42,7 +43,7 @@ from distill.steps import (
     split_completion,
     split_steps,
 )
-from evals.grading import Grader
+from evals.grading import Grade, Grader, answer_part, grade_completion
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class Context:
     detector:     step -> candidate answers (`distill.answers`).
     splitter:     think trace -> steps (`distill.steps.split_steps`).
     prompt:       the chat messages of the problem (for model-based scoring).
+    prompt_opens_think: the teacher's chat template opened the think block in the prompt;
+                  every verdict goes through the answer contract
+                  (`evals.grading.grade_completion`), so a trace that never closes it has
+                  no answer.
     """
 
     reference: str
@@ -81,6 +86,7 @@ class Context:
     detector: AnswerDetector = field(default_factory=lambda: get_detector("math"))
     splitter: StepSplitter = split_steps
     prompt: list[dict] | None = None
+    prompt_opens_think: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     def step_correct(self, step: str) -> bool | None:
@@ -95,8 +101,12 @@ class Context:
             )
         return self._memo[step]
 
+    def verdict(self, text: str) -> Grade:
+        """The grade of a whole completion under the answer contract."""
+        return grade_completion(self.grader, text, str(self.reference), self.prompt_opens_think)
+
     def grade(self, text: str) -> bool:
-        return self.grader(text, str(self.reference)).correct
+        return self.verdict(text).correct
 
 
 @dataclass
@@ -190,26 +200,41 @@ def first_correct_cut(
     steps: Sequence[str], ctx: Context, keep_verification: bool = False
 ) -> int | None:
     """The number of steps to keep: through the first round end (`round_ends`) that states
-    a correct answer, plus (``keep_verification``) the next round, up to and including its
-    end step that states an answer again (one verification, FCS+Reflection). None when no
-    round ends on the correct answer.
+    a correct answer, plus (``keep_verification``) one verification (FCS+Reflection): the
+    next round, up to and including its end step that states an answer again, kept only
+    when that answer is correct too. A verification reaching another answer would make a
+    chain that contradicts itself before its final answer, and one that states no answer
+    confirms nothing; neither is kept. (The chains reaching a strategy are verified correct,
+    so their final answer is the reference.) None when no round ends on the correct answer.
 
     >>> from evals.grading import math_grade
     >>> ctx = Context("19", math_grade, len)
     >>> steps = ["12 plus 7 is 19. ", "Wait, 12 + 7 = 19. ", "Wait, so 19. "]
     >>> first_correct_cut(steps, ctx), first_correct_cut(steps, ctx, keep_verification=True)
     (1, 2)
+    >>> first_correct_cut(["12 plus 7 is 19. ", "Wait, 12 + 7 = 18. ", "Wait, no: 19. "], ctx, True)
+    1
     """
+    return _first_correct_cut(steps, ctx, keep_verification)[0]
+
+
+def _first_correct_cut(
+    steps: Sequence[str], ctx: Context, keep_verification: bool
+) -> tuple[int | None, str | None]:
+    """`first_correct_cut` and a note when a verification round was left out."""
     ends = round_ends(steps)
     for i, step in enumerate(steps):
         if ends[i] and ctx.step_correct(step):
             if not keep_verification:
-                return i + 1
+                return i + 1, None
             for j in range(i + 1, len(steps)):
-                if ends[j] and ctx.step_correct(steps[j]) is not None:
-                    return j + 1
-            return len(steps)
-    return None
+                verdict = ctx.step_correct(steps[j]) if ends[j] else None
+                if verdict is not None:
+                    if verdict:
+                        return j + 1, None
+                    return i + 1, "first-correct: verification reached another answer, not kept"
+            return i + 1, None
+    return None, None
 
 
 def first_correct(
@@ -230,7 +255,9 @@ def first_correct(
             res.notes.append("first-correct: no think block, kept as is")
             continue
         steps = ctx.splitter(parts.thinking)
-        n = first_correct_cut(steps, ctx, keep_verification)
+        n, note = _first_correct_cut(steps, ctx, keep_verification)
+        if note:
+            res.notes.append(note)
         if n is None:
             res.kept.append(t)
             res.notes.append("first-correct: answer not found in the trace, kept as is")
@@ -442,10 +469,14 @@ def make_strategy(name: str, opts: StrategyOptions, scorer=None) -> Strategy:
 
 
 def verify_trace(t: Trace, ctx: Context) -> str | None:
-    """Why a raw trace cannot enter the pipeline, or None when it can."""
+    """Why a raw trace cannot enter the pipeline, or None when it can. A trace whose think
+    block (opened by the teacher's prompt or by the trace) is never closed has no answer
+    (the answer contract), whatever it boxed while thinking."""
     if not t.finished:
         return "truncated"
-    g = ctx.grader(t.text, str(ctx.reference))
+    if answer_part(t.text, ctx.prompt_opens_think) is None:
+        return "unclosed think block"
+    g = ctx.verdict(t.text)
     if not g.formatted:
         return "unformatted"
     if not g.correct:

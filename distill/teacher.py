@@ -1,12 +1,14 @@
 """Where the raw reasoning chains come from: a model sampled now, or traces on disk.
 
-Sampling is resumable: the samples of each finished chunk of problems are appended to
-``work_dir/samples.jsonl`` (flushed and fsynced, `artifacts.jsonl.JsonlAppender`); a rerun
-reads them back and samples only the problems still missing. The backends seed each
-sample from (seed, prompt, sample index) (`evals.backends.sample_seed`), so a resumed run
-produces the samples an uninterrupted one would. Each record carries the problem and its
-reference, so ``samples.jsonl`` is itself a valid ``--teacher`` for another build (for
-example with a different strategy) without sampling again.
+A model teacher is sampled by the evaluation's engine, `evals.run.evaluate` (`sample_teacher`),
+so prompts (system prompt and chat template included: the teacher sees exactly the prompt
+the student is then trained on), per-sample seeding, resuming (a torn last line repaired)
+and the answer contract are the same code as in evaluation. Its work folder is an
+``evals.run`` output folder: ``settings.json`` pins the sampling settings (a resume with
+other settings is refused), ``samples.jsonl`` holds one record per sample with the
+problem, its reference and whether the prompt opened the think block, so it is itself a
+valid ``--teacher`` for another build (for example with a different strategy) without
+sampling again, and ``summary.md`` reports the teacher's accuracy and lengths.
 
 Trace files written by others are read leniently: field names have aliases (`FIELDS`),
 and a record that lacks what is needed is skipped and counted, never fatal.
@@ -18,18 +20,13 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from artifacts.errors import ShortcotError
-from artifacts.jsonl import JsonlAppender, read_jsonl
-from artifacts.outdir import atomic_write_text
-from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 
-# Accepted field names, first present wins (our samples.jsonl, evals.run's samples.jsonl,
-# and the usual names of published trace dumps).
+# Accepted field names, first present wins (evals.run's samples.jsonl, which is also the
+# work folder's, and the usual names of published trace dumps).
 FIELDS = {
     "id": ("id", "problem_id", "unique_id", "idx"),
     "completion": ("completion", "text", "response", "output", "generation"),
@@ -38,6 +35,7 @@ FIELDS = {
     "answer": ("reference", "gold", "answer", "solution_answer"),
     "sample": ("sample", "sample_index", "sample_idx"),
     "difficulty": ("difficulty", "level"),
+    "num_tokens": ("num_tokens", "tokens"),
 }
 
 
@@ -51,13 +49,18 @@ class ProblemInfo:
 
 @dataclass
 class RawTrace:
-    """One teacher sample as read from disk, before grading."""
+    """One teacher sample as read from disk, before grading.
+
+    prompt_opens_think: the record says whether the teacher's prompt opened the think
+    block (evals.run writes it); None when it does not say.
+    """
 
     id: str
     sample: int
     completion: str
     num_tokens: int | None
     finished: bool
+    prompt_opens_think: bool | None = None
 
 
 def _field(rec: dict, name: str):
@@ -136,7 +139,8 @@ def parse_trace_records(
             finished = not rec["truncated"]
         group = traces.setdefault(pid, [])
         sample = _field(rec, "sample")
-        ntok = rec.get("num_tokens")
+        ntok = _field(rec, "num_tokens")
+        opened = rec.get("prompt_opens_think")
         group.append(
             RawTrace(
                 id=pid,
@@ -144,6 +148,7 @@ def parse_trace_records(
                 completion=text,
                 num_tokens=int(ntok) if isinstance(ntok, int | float) else None,
                 finished=True if finished is None else bool(finished),
+                prompt_opens_think=opened if isinstance(opened, bool) else None,
             )
         )
     problems = {k: v for k, v in problems.items() if k in traces}
@@ -172,72 +177,19 @@ def read_traces(path: str | os.PathLike, problems: dict[str, ProblemInfo] | None
     return problems_out, traces, skipped
 
 
-def sample_teacher(
-    backend,
-    problems: Sequence[ProblemInfo],
-    params,
-    work_dir: str | os.PathLike,
-    teacher: str,
-    template: str = DEFAULT_PROMPT_TEMPLATE,
-    chunk_size: int = 64,
-) -> Path:
-    """Sample ``params.n`` completions per problem into ``work_dir/samples.jsonl``, resuming.
+def sample_teacher(eval_config, backend=None) -> Path:
+    """Sample the teacher with the evaluation's engine (`evals.run.evaluate`, resumable)
+    into ``eval_config.out``; returns its ``samples.jsonl``. ``backend``: an already loaded
+    `evals.backends.Backend` (by default one is loaded if anything is left to sample)."""
+    from evals.run import SAMPLES_FILE, evaluate
 
-    ``work_dir/settings.json`` pins the teacher and sampling settings: resuming with other
-    settings would mix two distributions in one file, so it is refused.
-    """
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    settings = {"teacher": teacher, "sampling": asdict(params), "template": template}
-    spath = work / "settings.json"
-    if spath.exists():
-        old = json.loads(spath.read_text())
-        if old != settings:
-            raise ShortcotError(
-                f"{work} holds samples made with other settings ({old}); use the same settings, "
-                "another --work-dir, or delete that folder to start over"
-            )
-    else:
-        atomic_write_text(spath, json.dumps(settings, indent=2))
-    out = work / "samples.jsonl"
-    counts = Counter(r.get("id") for r in read_jsonl(out))
-    todo = [p for p in problems if counts.get(p.id, 0) < params.n]
-    if len(todo) < len(problems):
-        print(
-            f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already sampled in {out}"
-        )
-    with (
-        JsonlAppender(out) as app,
-        tqdm(total=len(todo), desc="sampling teacher", unit="problem") as bar,
-    ):
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            # A problem sampled only partly before an interruption is sampled again in
-            # full; its partial records are superseded (the reader keeps the last n).
-            outs = backend.generate(
-                [build_messages(p.problem, template) for p in chunk], params, progress=False
-            )
-            for p, comps in zip(chunk, outs):
-                for k, c in enumerate(comps):
-                    app.write(
-                        {
-                            "id": p.id,
-                            "problem": p.problem,
-                            "reference": p.answer,
-                            "difficulty": p.difficulty,
-                            "sample": k,
-                            "completion": c.text,
-                            "num_tokens": c.num_tokens,
-                            "finished": c.finished,
-                            "teacher": teacher,
-                        }
-                    )
-            bar.update(len(chunk))
-    return out
+    evaluate(eval_config, backend=backend)
+    return Path(eval_config.out) / SAMPLES_FILE
 
 
 def dedupe_samples(traces: dict[str, list[RawTrace]]) -> dict[str, list[RawTrace]]:
-    """Keep one trace per (problem, sample index), the last written (see `sample_teacher`)."""
+    """Keep one trace per (problem, sample index), the last written (a trace file may
+    hold a sample twice, e.g. several runs appended to one file)."""
     out = {}
     for pid, group in traces.items():
         by_index = {t.sample: t for t in group}

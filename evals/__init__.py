@@ -1,6 +1,7 @@
 """Evaluation: accuracy against tokens, the way the concise-reasoning papers report it.
 
-- `evals.grading`: the grader shared with RL rewards and dataset building (contract 1)
+- `evals.grading`: the grader and the answer contract shared with RL rewards and dataset
+  building (contract 1)
 - `evals.prompts`: the prompt template and chat messages
 - `evals.backends`: HF / vLLM generation with per-sample seeds (contract 2)
 - `evals.data`: problems from local files or benchmark presets (contract 3)

@@ -4,17 +4,32 @@ A grader is a plain function ``grade(completion, reference) -> Grade``. The defa
 `math_grade`, follows the protocol of DLER / Laser (ALGORITHMS.md sections 1, 3, 5): the
 final answer is what follows ``</think>`` (or the whole completion for models without a
 think block), its last ``\\boxed{...}`` is extracted and checked against the reference with
-math-verify. An answer that appears only inside an unclosed think block does not count.
-Whether a completion was truncated is decided by the caller from token ids (no EOS within
-the limit), never from text.
+math-verify. Whether a completion was truncated is decided by the caller from token ids (no
+EOS within the limit), never from text.
+
+The answer contract (`answer_part`, `grade_completion`) is the one rule every caller puts in
+front of its grader: evaluation (`evals.run`), every reward (`train.rewards`) and the
+dataset builder (`distill.build`). A think block opened and never closed means no answer,
+whoever opened it: the completion (``<think>`` written by the model, the CPU testbed and
+Qwen3 with thinking on) or the chat template. DeepSeek-R1-Distill's and QwQ's templates end
+the generation prompt with ``<think>\\n``, so their completions hold only
+``... </think> answer``, and one that never writes ``</think>`` (cut off while thinking, or
+stopping without closing it) has no tag at all; without the contract a ``\\boxed{}`` written
+inside its thinking would count as the answer. Whether the template opened the block is read
+off the rendered generation prompt (`prompt_opens_think`, `resolve_prompt_opens_think`);
+every CLI can override it (``--prompt-opens-think yes|no``).
 
 Other graders (the CPU testbed's) plug in by name through `get_grader`.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from artifacts.errors import ShortcotError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -37,6 +52,9 @@ class Grade:
 
 Grader = Callable[[str, str], Grade]
 
+# The verdict on a completion that has no answer under the contract (unclosed think block).
+NO_ANSWER = Grade(correct=False, answer=None, formatted=False)
+
 
 def split_think(text: str) -> tuple[str | None, str]:
     """Split a completion into (thinking, answer part).
@@ -45,7 +63,8 @@ def split_think(text: str) -> tuple[str | None, str]:
       templates of R1-style models put ``<think>`` in the prompt, so a completion often
       has only the closing tag.
     - ``<think> ...`` never closed -> (thinking, ""): the model never answered.
-    - no tags -> (None, text): a model without a think block.
+    - no tags -> (None, text): a model without a think block, or one whose prompt opened
+      the block (the contract, `answer_part`, decides which).
     """
     if THINK_CLOSE in text:
         head, _, tail = text.rpartition(THINK_CLOSE)
@@ -56,32 +75,175 @@ def split_think(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched.
+# ------------------------------------------------------------------- the answer contract
 
-    >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} and later \\boxed{3}")
-    '3'
-    >>> extract_boxed("no box") is None
+PROMPT_OPENS_THINK = ("auto", "yes", "no")
+# The problem of the probe prompt rendered to read a chat template: any will do, since
+# templates open the think block after the conversation, in the generation prompt.
+PROBE_PROBLEM = "What is 1 + 1?"
+
+
+def prompt_opens_think(prompt: str) -> bool:
+    """True when a rendered generation prompt ends inside an unclosed think block.
+
+    DeepSeek-R1-Distill and QwQ end it with ``<think>\\n``; Qwen3 with thinking off ends it
+    with an empty closed block (``<think>\\n\\n</think>\\n\\n``), and with thinking on
+    lets the model write ``<think>`` itself.
+
+    >>> prompt_opens_think("<|Assistant|><think>\\n"), prompt_opens_think("<think>\\n\\n</think>\\n\\n")
+    (True, False)
+    """
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def think_opening(prompt: str) -> str:
+    """The text with which a rendered generation prompt opened the think block
+    (``"<think>\\n"`` for DeepSeek-R1-Distill), "" when it did not open one. A training
+    chain that starts with it is exactly what followed the prompt's assistant tag when the
+    teacher generated it (`distill.build`).
+
+    >>> think_opening("<|Assistant|><think>\\n"), think_opening("<|assistant|>\\n")
+    ('<think>\\n', '')
+    """
+    return prompt[prompt.rfind(THINK_OPEN) :] if prompt_opens_think(prompt) else ""
+
+
+def resolve_prompt_opens_think(
+    setting: str | bool | None,
+    render: Callable[[list[dict]], str] | None = None,
+    probe: list[dict] | None = None,
+) -> bool:
+    """The ``--prompt-opens-think`` setting as a bool: ``yes`` / ``no`` as given; ``auto``
+    (or None) renders the generation prompt of ``probe`` (the caller's prompt for
+    `PROBE_PROBLEM`: its system turn and instruction; default a bare user turn) with
+    ``render`` (the chat template with the caller's arguments) and checks it with
+    `prompt_opens_think`. Without a template to render, auto means no.
+
+    >>> resolve_prompt_opens_think("auto", lambda m: "<|assistant|>\\n<think>\\n")
+    True
+    >>> resolve_prompt_opens_think("no", lambda m: "<think>"), resolve_prompt_opens_think("yes")
+    (False, True)
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting in (None, "auto"):
+        if render is None:
+            return False
+        probe = probe or [{"role": "user", "content": PROBE_PROBLEM}]
+        return prompt_opens_think(render(probe))
+    if setting in ("yes", "no"):
+        return setting == "yes"
+    raise ShortcotError(f"--prompt-opens-think must be auto, yes or no, got {setting!r}")
+
+
+def answer_part(completion: str, prompt_opens_think: bool) -> str | None:
+    """The part of ``completion`` that may hold the final answer, or None when it has none.
+
+    The one answer contract: the answer is what follows the last ``</think>``; a think
+    block opened (by the prompt, ``prompt_opens_think``, or by the completion) and never
+    closed means no answer at all, so a ``\\boxed{}`` inside the thinking never counts; a
+    completion with no think block (none opened, no tags) is all answer.
+
+    >>> answer_part("a \\\\boxed{1} </think> \\\\boxed{2}", True)
+    ' \\\\boxed{2}'
+    >>> answer_part("a \\\\boxed{1}", True) is None, answer_part("a \\\\boxed{1}", False)
+    (True, 'a \\\\boxed{1}')
+    >>> answer_part("<think> a \\\\boxed{1}", False) is None
     True
     """
-    for marker in ("\\boxed{", "\\fbox{"):
-        start = text.rfind(marker)
-        if start == -1:
-            continue
-        i = start + len(marker)
-        depth = 1
-        j = i
-        while j < len(text):
-            c = text[j]
-            if c == "{":
+    if THINK_CLOSE in completion:
+        return completion.rpartition(THINK_CLOSE)[2]
+    if prompt_opens_think or THINK_OPEN in completion:
+        return None
+    return completion
+
+
+def grade_completion(
+    grader: Grader, completion: str, reference: str, prompt_opens_think: bool = False
+) -> Grade:
+    """``grader(completion, reference)`` under the answer contract: a completion without an
+    answer part (`answer_part` is None) is `NO_ANSWER` (wrong, unformatted: Laser's bad
+    format) and the grader is not asked. Graders get the whole completion, as before."""
+    if answer_part(completion, prompt_opens_think) is None:
+        return NO_ANSWER
+    return grader(completion, reference)
+
+
+def contract_grader(grader: Grader, prompt_opens_think: bool) -> Grader:
+    """``grader`` with the answer contract in front (`grade_completion`), for code that
+    takes a plain `Grader` (the distillation strategies)."""
+    return functools.partial(_contract_grade, grader, prompt_opens_think)
+
+
+def _contract_grade(grader: Grader, opened: bool, completion: str, reference: str) -> Grade:
+    return grade_completion(grader, completion, reference, opened)
+
+
+# ----------------------------------------------------------------------- boxed answers
+
+# \boxed or \fbox as a whole command (not \boxedx), then optional spaces.
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*")
+
+
+def _box_at(text: str, m: re.Match) -> tuple[str | None, int]:
+    """(content, end) of the box whose marker ``m`` matched: a brace group (``\\boxed{5}``,
+    ``\\boxed {5}``), braces matched; or, after a space, the bare argument
+    (``\\boxed 5``) up to ``$`` or the end of the line, as the DeepScaleR and Qwen2.5-Math
+    graders read it. Content None: the brace group was cut off, or there is no argument."""
+    i = m.end()
+    if i < len(text) and text[i] == "{":
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
                 depth += 1
-            elif c == "}":
+            elif text[j] == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[i:j].strip()
-            j += 1
-        return None  # unbalanced: the box was cut off
-    return None
+                    return text[i + 1 : j].strip(), j + 1
+        return None, len(text)  # unbalanced: the box was cut off
+    if i == m.start() + len(m.group().rstrip()):  # no space after the command: no argument
+        return None, i
+    end = len(text)
+    for stop in ("$", "\n"):
+        k = text.find(stop, i)
+        if k != -1:
+            end = min(end, k)
+    content = text[i:end].strip()
+    return content or None, end
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last box in ``text``, ``\\boxed`` or ``\\fbox`` alike: ``\\boxed{5}``,
+    ``\\boxed {5}`` (braces matched) or ``\\boxed 5`` (to ``$`` or the end of the line).
+    None when there is no box or the last one was cut off.
+
+    >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} and later \\fbox{3}")
+    '3'
+    >>> extract_boxed(r"$\\boxed 5$."), extract_boxed(r"\\boxed {5}"), extract_boxed("no box")
+    ('5', '5', None)
+    """
+    last = None
+    for last in _BOX.finditer(text):  # noqa: B007 (the last match is the one we want)
+        pass
+    if last is None:
+        return None
+    return _box_at(text, last)[0]
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The contents of every complete box in ``text``, in order (a box nested inside
+    another is not listed separately).
+
+    >>> boxed_answers(r"\\boxed{1}, then \\fbox{2} and \\boxed 3")
+    ['1', '2', '3']
+    """
+    out, pos = [], 0
+    while (m := _BOX.search(text, pos)) is not None:
+        content, end = _box_at(text, m)
+        if content is not None:
+            out.append(content)
+        pos = max(end, m.end())
+    return out
 
 
 def _normalize(s: str) -> str:
@@ -110,9 +272,12 @@ def answers_match(answer: str, reference: str) -> bool:
 
 
 def math_grade(completion: str, reference: str) -> Grade:
-    """Grade a math completion: last ``\\boxed{}`` after ``</think>``, checked with math-verify."""
-    thinking, answer_part = split_think(completion)
-    answer = extract_boxed(answer_part)
+    """Grade a math completion: last ``\\boxed{}`` after ``</think>``, checked with math-verify.
+
+    Alone it knows only the think tags the completion wrote; callers put the answer
+    contract in front (`grade_completion`) to know the ones the prompt wrote."""
+    part = answer_part(completion, prompt_opens_think=False)
+    answer = None if part is None else extract_boxed(part)
     if answer is None:
         return Grade(correct=False, answer=None, formatted=False)
     return Grade(correct=answers_match(answer, str(reference)), answer=answer, formatted=True)

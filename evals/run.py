@@ -12,6 +12,11 @@ Writes into ``--out``:
 - ``summary.json`` / ``summary.md``: the metrics (`evals.metrics.summarize`), written
   atomically at the end; a rerun with nothing left to generate only recomputes them.
 
+Every sample is graded under the answer contract (`evals.grading.grade_completion`):
+when the chat template opens the think block in the prompt (DeepSeek-R1-Distill, QwQ;
+read off the rendered template, or ``--prompt-opens-think yes|no``), a completion that
+never writes ``</think>`` has no answer, whatever it boxed while thinking.
+
 ``--limit`` and ``--samples`` may grow between reruns (samples are seeded per
 problem and sample index, see `evals.backends`, so the extra ones are exactly those an
 uninterrupted larger run would have drawn). The summary covers the problems and samples
@@ -39,7 +44,15 @@ from artifacts.outdir import atomic_write_text
 from evals.backends import Backend, Completion, Request, SamplingParams, load_backend
 from evals.budget import DEFAULT_CUE, find_subsequence, generate_with_budget
 from evals.data import Problem, load_problems
-from evals.grading import get_grader
+from evals.grading import (
+    PROBE_PROBLEM,
+    PROMPT_OPENS_THINK,
+    THINK_CLOSE,
+    THINK_OPEN,
+    get_grader,
+    grade_completion,
+    resolve_prompt_opens_think,
+)
 from evals.metrics import summarize
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 
@@ -75,6 +88,7 @@ class EvalConfig:
     think_budget: int | None = None  # budget forcing: max thinking tokens
     budget_cue: str = DEFAULT_CUE  # appended when the budget is hit (starts with </think>)
     vote: int | None = None  # majority vote over K samples
+    prompt_opens_think: str = "auto"  # auto (read the chat template) | yes | no
     force: bool = False  # delete an existing --out and start over
     progress: bool = True
 
@@ -100,6 +114,7 @@ GENERATION_KEYS = (
     "dtype",
     "think_budget",
     "budget_cue",
+    "prompt_opens_think",
 )
 
 
@@ -122,6 +137,10 @@ def validate(cfg: EvalConfig) -> None:
         )
     if cfg.backend not in ("hf", "vllm"):
         raise ShortcotError(f"unknown --backend {cfg.backend!r}; use hf or vllm")
+    if cfg.prompt_opens_think not in PROMPT_OPENS_THINK:
+        raise ShortcotError(
+            f"--prompt-opens-think must be auto, yes or no, got {cfg.prompt_opens_think!r}"
+        )
 
 
 def _canonical(ref: str) -> str:
@@ -138,11 +157,19 @@ def generation_settings(cfg: EvalConfig) -> dict:
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
-    """Human-readable differences of the generation settings (empty when they agree)."""
+    """Human-readable differences of the generation settings (empty when they agree).
+
+    A key missing from ``old`` (a folder written before the key existed) counts as its
+    default value, so such folders still resume."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(EvalConfig)
+        if f.default is not dataclasses.MISSING
+    }
     return [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        f"{k}: {old.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
         for k in GENERATION_KEYS
-        if old.get(k) != new.get(k)
+        if old.get(k, defaults.get(k)) != new.get(k)
     ]
 
 
@@ -158,7 +185,12 @@ def prepare_out(out: Path, settings: dict, force: bool) -> None:
             raise ShortcotError(
                 f"--out {out} exists and is not an evals.run folder; choose another --out or pass --force"
             )
-        old = json.loads(sfile.read_text()).get("generation", {})
+        old = json.loads(sfile.read_text()).get("generation")
+        if not isinstance(old, dict):  # e.g. an old distill.build work folder
+            raise ShortcotError(
+                f"--out {out} holds a settings.json that evals.run did not write; choose another "
+                "folder, or delete it (--force) to start over"
+            )
         diff = settings_diff(old, settings)
         if diff:
             raise ShortcotError(
@@ -216,13 +248,17 @@ def make_record(
     think_tokens: tuple[int | None, int],
     forced: bool,
     gen_seconds: float,
+    prompt_opens_think: bool = False,
 ) -> dict:
-    """One line of samples.jsonl."""
+    """One line of samples.jsonl. It carries the problem, its reference and whether the
+    prompt opened the think block, so the file alone is a ``distill.build --teacher``."""
     return {
         "id": problem.id,
         "sample": sample,
         "difficulty": problem.difficulty,
+        "problem": problem.problem,
         "reference": problem.answer,
+        "prompt_opens_think": prompt_opens_think,
         "completion": completion.text,
         "tokens": completion.num_tokens,
         "thinking_tokens": think_tokens[0],
@@ -331,18 +367,21 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
         backend = backend or load_backend(
             cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
         )
-        close_ids = backend.encode("</think>")
-        prompts: dict[str, tuple[list[int], bool]] = {}
+        close_ids = backend.encode(THINK_CLOSE)
+        # R1-style templates open the think block in the prompt itself (the answer contract).
+        opened = resolve_prompt_opens_think(
+            cfg.prompt_opens_think,
+            backend.render,
+            build_messages(PROBE_PROBLEM, cfg.prompt_template, cfg.system_prompt),
+        )
+        prompts: dict[str, list[int]] = {}
         for p, _ in pending:
             if p.id not in prompts:
-                text = backend.render(
+                prompts[p.id] = backend.prompt_ids(
                     build_messages(p.problem, cfg.prompt_template, cfg.system_prompt)
                 )
-                # R1-style templates open the think block in the prompt itself.
-                opened = text.rstrip().endswith("<think>")
-                prompts[p.id] = (backend.encode(text), opened)
         # Longest prompts first, so a batch holds similar lengths (less padding).
-        pending.sort(key=lambda pk: -len(prompts[pk[0].id][0]))
+        pending.sort(key=lambda pk: -len(prompts[pk[0].id]))
         # vLLM schedules its own batches; bigger chunks keep it busy between checkpoints.
         chunk = cfg.batch_size if backend.name == "hf" else max(cfg.batch_size, 512)
         bar = tqdm(
@@ -357,21 +396,19 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
             for start in range(0, len(pending), chunk):
                 part = pending[start : start + chunk]
                 t0 = time.perf_counter()
-                gens = _generate_chunk(
-                    backend, cfg, [Request(prompts[p.id][0], k) for p, k in part]
-                )
+                gens = _generate_chunk(backend, cfg, [Request(prompts[p.id], k) for p, k in part])
                 seconds = time.perf_counter() - t0
                 total = sum(c.num_tokens for c, _ in gens) or 1
                 for (p, k), (c, forced) in zip(part, gens):
-                    opened = prompts[p.id][1] or "<think>" in c.text
                     rec = make_record(
                         p,
                         k,
                         c,
-                        grader(c.text, p.answer),
-                        think_split(c.token_ids, close_ids, opened),
+                        grade_completion(grader, c.text, p.answer, opened),
+                        think_split(c.token_ids, close_ids, opened or THINK_OPEN in c.text),
                         forced,
                         seconds * c.num_tokens / total,
+                        opened,
                     )
                     sink.write(rec)
                     done[(p.id, k)] = rec
@@ -512,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also report majority vote over K samples (needs --samples >= K) "
         "with the tokens it spends",
+    )
+    a(
+        "--prompt-opens-think",
+        choices=PROMPT_OPENS_THINK,
+        default="auto",
+        help="whether the chat template opens the think block in the prompt (DeepSeek-R1-Distill, "
+        "QwQ: the completion holds only '... </think> answer'); then a completion that never "
+        "writes </think> has no answer. auto: render the generation prompt and check whether it "
+        "ends with an unclosed <think>",
     )
     a("--force", action="store_true", help="delete an existing --out and start over")
     a("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

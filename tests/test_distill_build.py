@@ -12,11 +12,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-import evals.backends as backends
 from artifacts.errors import ShortcotError
+from artifacts.jsonl import read_jsonl
 from distill.build import build, main, parse_args
 from distill.dataset import load_rows
-from evals.backends import Completion
 from evals.grading import Grade
 
 PROBLEMS = [
@@ -43,34 +42,30 @@ def short_trace(i: int) -> str:
     return f"<think>\nk is {i}, total {i}. q is 5, {i}+5={s}. Wait, {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
 
 
-class FakeBackend:
-    """Scripted teacher: sample 0 long, sample 1 short, sample 2 wrong, sample 3 truncated."""
+TEACHER_TEXTS = [  # sample index % 4 -> (completion, ends with EOS)
+    (long_trace, True),
+    (short_trace, True),
+    (lambda i: "<think>\nno.\n</think>\n\\boxed{11}", True),  # wrong
+    (lambda i: "<think>\nk is", False),  # truncated
+]
 
-    def __init__(self, tokenizer, fail_on_call: int | None = None):
-        self.tokenizer = tokenizer
-        self.calls: list[list[str]] = []
-        self.fail_on_call = fail_on_call
 
-    def generate(self, messages, params, progress=True):
-        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
-            raise KeyboardInterrupt
-        self.calls.append([m[-1]["content"] for m in messages])
-        out = []
-        for m in messages:
-            i = int(m[-1]["content"].split(" k ")[1].split()[0])
-            texts = [
-                long_trace(i),
-                short_trace(i),
-                "<think>\nno.\n</think>\n\\boxed{11}",
-                "<think>\nk is",
-            ]
-            comps = []
-            for k in range(params.n):
-                t = texts[k % 4]
-                ids = self.tokenizer(t, add_special_tokens=False)["input_ids"]
-                comps.append(Completion(t, ids, finished=k % 4 != 3))
-            out.append(comps)
-        return out
+def teacher_script(prompt: str, sample: int):
+    """The scripted teacher: sample 0 long, sample 1 short, sample 2 wrong, sample 3
+    truncated, for the problem in the (rendered) prompt."""
+    i = int(prompt.split(" k ")[1].split()[0])
+    make, eos = TEACHER_TEXTS[sample % 4]
+    return make(i), eos
+
+
+def fake_teacher(monkeypatch, tokenizer, script=teacher_script, fail_after=None):
+    """Sample the teacher through evals.run's engine with a scripted backend."""
+    from chat_templates import ScriptedBackend
+
+    fake = ScriptedBackend(tokenizer, script, fail_after=fail_after)
+    monkeypatch.setattr("evals.run.load_backend", lambda *a, **k: fake)
+    monkeypatch.setattr("evals.backends.load_backend", lambda *a, **k: fake)
+    return fake
 
 
 @pytest.fixture
@@ -99,26 +94,25 @@ def args(teacher, data, out, *extra):
 def test_build_resumes_after_interruption(
     tmp_path, data_file, tiny_model_dir, tiny_tokenizer, monkeypatch
 ):
-    fake = FakeBackend(tiny_tokenizer, fail_on_call=2)
-    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: fake)
+    fake = fake_teacher(monkeypatch, tiny_tokenizer, fail_after=16)
     out = tmp_path / "ds"
-    cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--chunk-size", "2",
+    cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--batch-size", "8",
                "--strategy", "shortest-correct,first-correct")  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         build(cfg)
     assert not out.exists()  # nothing half-written
     samples = tmp_path / "ds.work" / "samples.jsonl"
-    assert len(samples.read_text().splitlines()) == 4 * 4  # two chunks of 2 problems x 4 samples
+    assert len(samples.read_text().splitlines()) == 4 * 4  # two batches of 2 problems x 4 samples
 
-    fake.fail_on_call = None
-    fake.calls.clear()
+    fake.fail_after = None
+    fake.prompts.clear()
     summary = build(cfg)
-    assert fake.calls == [
-        [
-            PROBLEMS[4]["problem"]
-            + "\nLet's think step by step and output the final answer within \\boxed{}."
-        ]
-    ]
+    prompt = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROBLEMS[4]["problem"]
+          + "\nLet's think step by step and output the final answer within \\boxed{}."}],
+        add_generation_prompt=True, tokenize=False,
+    )  # fmt: skip
+    assert [tiny_tokenizer.decode(p) for p in fake.prompts] == [prompt] * 4  # only p4 is left
     assert len(samples.read_text().splitlines()) == 5 * 4
 
     ds = datasets.load_from_disk(str(out))
@@ -149,6 +143,7 @@ def test_build_resumes_after_interruption(
         "incorrect": 5,
         "truncated": 5,
     }
+    assert summary["prompt_opens_think"] == "no"
     lens = [
         count(t)
         for t in (
@@ -164,6 +159,9 @@ def test_build_resumes_after_interruption(
     )
     assert json.loads((out / "summary.json").read_text()) == summary
     assert "Compressed reasoning chains" in (out / "README.md").read_text()
+    # the work folder is an evals.run folder: the teacher's accuracy comes with it
+    teacher = json.loads((tmp_path / "ds.work" / "summary.json").read_text())
+    assert teacher["accuracy"] == pytest.approx(0.5) and teacher["n_samples"] == 20
 
     # Same work folder, other sampling settings: refused rather than mixed.
     with pytest.raises(ShortcotError, match="other settings"):
@@ -262,8 +260,13 @@ def test_build_with_real_hf_backend(tmp_path, data_file, tiny_model_dir):
         json.loads(line)
         for line in (tmp_path / "real.work" / "samples.jsonl").read_text().splitlines()
     ]
-    assert [(r["id"], r["sample"]) for r in recs] == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
-    assert all(r["num_tokens"] == 6 and r["finished"] is False for r in recs)
+    assert sorted((r["id"], r["sample"]) for r in recs) == [
+        ("p0", 0),
+        ("p0", 1),
+        ("p1", 0),
+        ("p1", 1),
+    ]
+    assert all(r["tokens"] == 6 and r["truncated"] is True for r in recs)
     assert not out.exists()
 
 
@@ -369,3 +372,105 @@ def test_ungradable_problem_is_counted_not_fatal(tmp_path):
     summary = build(parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"),
                                 "--grader", "test_distill_build:grade_or_choke"]))  # fmt: skip
     assert summary["examples"] == 4 and summary["dropped_problems"] == {"ungradable: ValueError": 1}
+
+
+# ------------------------------------- one sampling engine, and the answer contract (issue 11)
+
+
+def r1_script(prompt: str, sample: int):
+    """A teacher behind a DeepSeek-R1-Distill-style template: the prompt opened <think>, so
+    a finished chain holds only '... </think> answer'. Sample 0 closes it; sample 1 (the
+    shortest) boxes the answer while thinking and stops without closing it; sample 2 is
+    cut off at the limit."""
+    i = int(prompt.split(" k ")[1].split()[0])
+    s = (i + 5) % 10
+    return [
+        (long_trace(i).removeprefix("<think>\n"), True),
+        (f"k is {i}, total {i}. q is 5, {i}+5={s}. So \\boxed{{{s}}}.", True),
+        (f"k is {i}, total {i}. q is 5, {i}+5=", False),
+    ][sample]
+
+
+def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
+    tmp_path, data_file, tiny_tokenizer, monkeypatch
+):
+    from chat_templates import R1_TEMPLATE, R1_TRAINING_TEMPLATE, model_with_template
+    from transformers import AutoTokenizer
+
+    model = model_with_template(tmp_path / "r1", tiny_tokenizer, R1_TEMPLATE)
+    tok = AutoTokenizer.from_pretrained(model)
+    fake = fake_teacher(monkeypatch, tok, r1_script)
+    out = tmp_path / "ds"
+    summary = build(args(model, data_file, out, "--samples", "3", "--system-prompt", "Be brief.",
+                         "--strategy", "shortest-correct,first-correct"))  # fmt: skip
+    rows = list(datasets.load_from_disk(str(out)))
+    assert len(rows) == 5
+    # the teacher saw exactly the prompt the student is trained on: system prompt included
+    trained = [
+        tok(tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False)["input_ids"]
+        for r in rows
+    ]  # fmt: skip
+    assert sorted(fake.prompts) == sorted(p for p in trained for _ in range(3))
+    assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in rows)
+    # the shorter chain that boxed its answer without closing the think block is no answer;
+    # the kept chain starts with the "<think>\n" the prompt opened, so a training template
+    # renders exactly the teacher's prompt followed by the chain as the teacher wrote it
+    train_tok = AutoTokenizer.from_pretrained(model)
+    train_tok.chat_template = R1_TRAINING_TEMPLATE
+    for r in rows:
+        i = int(r["id"][1:])
+        s = (i + 5) % 10
+        chain = f"k is {i}, total {i}. q is 5, {i}+5={s}.\n</think>\n\\boxed{{{s}}}"
+        assert r["messages"][-1]["content"] == "<think>\n" + chain
+        prompt = tok.apply_chat_template(
+            r["messages"][:-1], add_generation_prompt=True, tokenize=False
+        )
+        assert prompt.endswith("<|assistant|><think>\n")
+        assert (
+            train_tok.apply_chat_template(r["messages"], tokenize=False)
+            == prompt + chain + "<|end|>"
+        )
+    assert summary["dropped_samples"] == {"unclosed think block": 5, "truncated": 5}
+    assert summary["prompt_opens_think"] == "yes"
+    work = tmp_path / "ds.work"
+    assert all(r["prompt_opens_think"] is True for r in read_jsonl(work / "samples.jsonl"))
+
+    # the work folder is a valid --teacher: same dataset, the contract travels with the records
+    again = build(args(work, data_file, tmp_path / "again", "--system-prompt", "Be brief.",
+                       "--strategy", "shortest-correct,first-correct"))  # fmt: skip
+    assert [r["messages"] for r in datasets.load_from_disk(str(tmp_path / "again"))] == [
+        r["messages"] for r in rows
+    ]
+    assert again["dropped_samples"] == summary["dropped_samples"]
+    # overriding the contract (a template that did not open the block): the unclosed,
+    # shorter chain is then a plain answer and shortest-correct keeps it
+    plain = build(args(work / "samples.jsonl", data_file, tmp_path / "plain", "--strategy",
+                       "shortest-correct", "--prompt-opens-think", "no"))  # fmt: skip
+    assert plain["dropped_samples"] == {"shortest-correct: not the shortest": 5, "truncated": 5}
+    assert plain["prompt_opens_think"] == "no"
+    first = datasets.load_from_disk(str(tmp_path / "plain"))[0]["messages"][-1]["content"]
+    assert first.startswith("k is ") and "</think>" not in first
+
+
+def test_torn_last_line_of_the_teacher_samples_is_repaired_on_resume(
+    tmp_path, data_file, tiny_model_dir, tiny_tokenizer, monkeypatch
+):
+    fake = fake_teacher(monkeypatch, tiny_tokenizer, fail_after=8)
+    out = tmp_path / "ds"
+    cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--batch-size", "4")
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg)
+    samples = tmp_path / "ds.work" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 8
+    with samples.open("a") as f:  # a crash in the middle of writing a record
+        f.write('{"id": "p2", "sample": 0, "compl')
+    fake.fail_after = None
+    summary = build(cfg)
+    lines = samples.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]  # every line is whole again
+    assert sorted((r["id"], r["sample"]) for r in recs) == [
+        (p["id"], k) for p in PROBLEMS for k in range(4)
+    ]
+    assert summary["skipped_records"] == {} and summary["examples"] == 5
+    assert len(fake.prompts) == 20  # the 8 kept samples were not drawn again

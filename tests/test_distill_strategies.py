@@ -102,6 +102,35 @@ def test_first_correct_keeps_one_verification():
     )
 
 
+def test_first_correct_keeps_a_verification_only_when_it_confirms():
+    """FCS+Reflection: the verification round is kept only when it reaches the chain's
+    answer again. Here the first round ends on 8 (correct); the next answer-stating round
+    ends on 9, so keeping it would train a chain that says 9 right before boxing 8."""
+    text = (
+        "<think>\nk is 3, total 3. q is 5, 3+5=8. Wait, let me check: 3+5=9. So 9. "
+        "Wait, no: 3+5=8.\n</think>\n\\boxed{8}"
+    )
+    steps = split_steps(split_completion(text).thinking)
+    assert steps == [
+        "\nk is 3, total 3. ",
+        "q is 5, 3+5=8. ",
+        "Wait, let me check: 3+5=9. ",
+        "So 9. ",
+        "Wait, no: 3+5=8.\n",
+    ]
+    res = first_correct([trace(text)], ctx_for(8), keep_verification=True)
+    (t,) = res.kept
+    assert t.text == "<think>\nk is 3, total 3. q is 5, 3+5=8.\n</think>\n\\boxed{8}"
+    assert res.notes == [
+        "first-correct: verification reached another answer, not kept",
+        "first-correct: cut",
+    ]
+    # a verification that states no answer confirms nothing either
+    text = "<think>\nq is 5, 3+5=8. Wait, let me think about the labels.\n</think>\n\\boxed{8}"
+    (t,) = first_correct([trace(text)], ctx_for(8), keep_verification=True).kept
+    assert t.text == "<think>\nq is 5, 3+5=8.\n</think>\n\\boxed{8}"
+
+
 def test_first_correct_ignores_intermediate_value_equal_to_answer():
     # The partial sum after the first term is already 8 (the final answer), but the round
     # only ends after the third term: cutting at the first "8" would drop needed steps.

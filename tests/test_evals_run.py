@@ -3,6 +3,7 @@ vote; evals.data loading; evals.compare CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -386,3 +387,89 @@ def test_config_file_and_flag_precedence(setup, tmp_path):
             ["--config", str(path), "--model", "m", "--data", "d", "--out", "o"]
         )
         assert cfg.temperature == 0.6 and cfg.top_p == 0.95
+
+
+# ----------------------------------------------- the answer contract on thinking templates
+
+THINK_PROBLEMS = [{"id": "q1", "problem": "What is 12 + 7?", "answer": "19"}]
+# sample index -> (completion, ends with EOS); in the comments, what each one is under a
+# template that opens the think block in the prompt (DeepSeek-R1-Distill) / one that does not
+THINK_SCRIPT = [
+    ("12 + 7 = 19, so \\boxed{19}", True),  # unclosed: no answer / no think block: answer
+    ("12 + 7 = 19. </think> \\boxed{19}", True),  # closed by the completion: answer
+    ("<think> 12 + 7 = 19 </think> \\boxed{19}", True),  # opened and closed: answer
+    ("<think> 12 + 7 = 19, \\boxed{19}", True),  # opened by the completion, never closed
+    ("12 + 7 = 19, \\boxed{19}. " * 12, False),  # cut off at the limit while thinking
+]
+
+
+def think_script(prompt: str, sample: int):
+    return THINK_SCRIPT[sample]
+
+
+@pytest.mark.parametrize(
+    "template, flag, opened, correct",
+    [
+        ("r1", "auto", True, [False, True, True, False, False]),
+        ("qwen3", "auto", False, [True, True, True, False, True]),
+        ("qwen3_no_think", "auto", False, [True, True, True, False, True]),
+        ("r1", "no", False, [True, True, True, False, True]),  # the flag overrides
+        ("qwen3", "yes", True, [False, True, True, False, False]),
+    ],
+)
+def test_thinking_templates_graded_by_the_answer_contract(
+    tmp_path, tiny_tokenizer, template, flag, opened, correct
+):
+    """evals.run end to end on chat templates written like DeepSeek-R1-Distill's (the
+    prompt opens <think>) and Qwen3's (thinking on / off): a box written while thinking
+    never counts where the prompt opened the block, and the think/answer token split
+    follows the same contract."""
+    import copy
+
+    from chat_templates import TEMPLATES, ScriptedBackend
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = TEMPLATES[template]
+    data = tmp_path / "q.jsonl"
+    write_jsonl(data, THINK_PROBLEMS)
+    out = tmp_path / "run"
+    flag_kw = {} if flag == "auto" else {"prompt_opens_think": flag}  # auto: the default
+    cfg = EvalConfig(model="m", data=str(data), out=str(out), samples=5, max_new_tokens=40,
+                     progress=False, **flag_kw)  # fmt: skip
+    summary = evaluate(cfg, backend=ScriptedBackend(tok, think_script))
+    recs = [records(out)[("q1", k)] for k in range(5)]
+    assert [r["correct"] for r in recs] == correct
+    assert [r["formatted"] for r in recs] == correct  # every box here holds 19
+    assert [r["answer"] for r in recs] == ["19" if c else None for c in correct]
+    assert [r["truncated"] for r in recs] == [False] * 4 + [True]
+    assert summary["accuracy"] == pytest.approx(sum(correct) / 5)
+    assert all(r["prompt_opens_think"] is opened for r in recs)
+    close = tok.convert_tokens_to_ids("</think>")
+    for r, (text, _) in zip(recs, THINK_SCRIPT):
+        if "</think>" in text:
+            ids = tok(r["completion"], add_special_tokens=False)["input_ids"]
+            cut = ids.index(close) + 1
+            assert (r["thinking_tokens"], r["answer_tokens"]) == (cut, r["tokens"] - cut)
+        elif opened or "<think>" in text:
+            assert (r["thinking_tokens"], r["answer_tokens"]) == (r["tokens"], 0)
+        else:
+            assert (r["thinking_tokens"], r["answer_tokens"]) == (None, r["tokens"])
+    # the setting is part of the folder's generation settings
+    with pytest.raises(ShortcotError, match="prompt_opens_think"):
+        evaluate(dataclasses.replace(cfg, prompt_opens_think="yes" if flag != "yes" else "no"))
+
+
+def test_prompt_opens_think_flag_parses_and_is_checked(setup):
+    cfg, _ = run_cli.parse_config(
+        ["--model", "m", "--data", "d", "--out", "o", "--prompt-opens-think", "yes"]
+    )
+    assert cfg.prompt_opens_think == "yes"
+    assert (
+        run_cli.parse_config(["--model", "m", "--data", "d", "--out", "o"])[0].prompt_opens_think
+        == "auto"
+    )
+    with pytest.raises(SystemExit):
+        run_cli.parse_config(
+            ["--model", "m", "--data", "d", "--out", "o", "--prompt-opens-think", "x"]
+        )
+    assert "--prompt-opens-think" in run_cli.build_parser().format_help()

@@ -215,3 +215,35 @@ def test_thinkprune_schedule_lowers_the_target_in_stages():
     assert rf(
         prompts=["p"], completions=texts, completion_ids=ids, answer=["3"], trainer_state=State()
     ) == [0.0]
+
+
+def test_length_reward_answer_contract_when_the_prompt_opened_think():
+    """R1-style prompts open <think>: a completion that never writes </think> has no answer
+    (bad format), even when it boxed the right answer while thinking and ended with EOS,
+    and even when it was cut off at the limit. Hand-worked, L_T = 5:
+    a: unclosed, EOS, 4 tokens; b: closed, EOS, 4 tokens; c: unclosed, cut off, 9 tokens."""
+    from evals.grading import math_grade
+
+    texts = ["12+7 is \\boxed{19}", "19 </think> \\boxed{19}", "\\boxed{19} and so on"]
+    ids = [[5, 5, 5, EOS], [5, 5, 5, EOS], [5] * 9]
+    expected = {  # method: (prompt opened <think>, prompt did not)
+        "truncation": ([0.0, 1.0, 0.0], [1.0, 1.0, 0.0]),
+        "correctness": ([0.0, 1.0, 0.0], [1.0, 1.0, 1.0]),
+        # base +1 / -0.5 / -1 (bad format), +0.5 when correct and <= L_T
+        "laser": ([-1.0, 1.5, -1.0], [1.5, 1.5, 1.0]),
+        # wrong and longer than L_A: the exploration bonus (-1 + 0.5)
+        "laser_de": ([-1.0, 1.5, -0.5], [1.5, 1.5, 1.0]),
+    }
+    for method, (opened, plain) in expected.items():
+        for flag, want in ((True, opened), (False, plain)):
+            rf = LengthReward(
+                RewardConfig(method=method, target_length=5),
+                eos_token_ids=[EOS],
+                grader=math_grade,
+                prompt_opens_think=flag,
+            )
+            conv = [[{"role": "assistant", "content": t}] for t in texts]
+            out = rf(prompts=[[{"role": "user", "content": "q"}]] * 3, completions=conv,
+                     completion_ids=ids, answer=["19"] * 3, id=["a", "b", "c"])  # fmt: skip
+            assert out == want, (method, flag)
+            assert rf.last["formatted"] == ([False, True, False] if flag else [True] * 3)

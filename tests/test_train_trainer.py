@@ -147,3 +147,80 @@ def test_group_mean_and_grpo_keep_trl_advantages(tmp_path, tiny_model_dir, data_
     torch.testing.assert_close(
         trainer.last_batch["advantages"], grpo_advantages(r, G), atol=1e-5, rtol=1e-5
     )
+
+
+# ----------------------------------------------- the answer contract on thinking templates
+
+# (completion, ends with EOS) for "What is 0 + 7?" (answer 7); max_completion_length = 32
+CONTRACT_SCRIPT = [
+    ("0 + 7 = \\boxed{7}", True),  # never writes </think>, ends with EOS
+    ("7 </think> \\boxed{7}", True),  # closes the block the prompt opened
+    ("<think> 7 </think> \\boxed{7}", True),  # opens and closes it itself
+    ("\\boxed{7}" + " so" * 40, False),  # cut off at the limit, never closed
+]
+
+
+@pytest.mark.parametrize(
+    "template, trl, opened",
+    [
+        ("r1", {}, True),
+        ("qwen3", {}, False),
+        ("qwen3", {"chat_template_kwargs": {"enable_thinking": False}}, False),
+    ],
+)
+def test_rewards_follow_the_answer_contract_of_the_chat_template(
+    tmp_path, tiny_tokenizer, template, trl, opened
+):
+    """train.rl reads the contract off the chat template (as TRL renders it, template
+    arguments included) and every reward, called by TRL's own `_calculate_rewards`, and the
+    LASER-D monitor grade by it: with an R1-style template an unclosed completion is bad
+    format (-1) and gets no correctness reward, even with EOS or a box while thinking."""
+    from chat_templates import TEMPLATES, model_with_template
+
+    model_dir = model_with_template(tmp_path / "m", tiny_tokenizer, TEMPLATES[template])
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "p0", "problem": "What is 0 + 7?", "answer": "7"}) + "\n")
+    cfg = RLConfig(model=str(model_dir), data=str(data), out=str(tmp_path / "out"),
+                   reward=RewardConfig(method="laser_d", grader="math", target_length=4),
+                   num_generations=G, per_device_train_batch_size=G, max_completion_length=32,
+                   save_steps=1000, dynamic_sampling=False, trl=trl)  # fmt: skip
+    cfg.laser_d.monitor_size, cfg.laser_d.budget_step = 1, 1
+    trainer = build_trainer(cfg, tmp_path / "work")
+    reward = trainer.length_reward
+    tok = trainer.processing_class
+    eos = tok.eos_token_id
+    row = dict(trainer.train_dataset[0])
+    ids = []
+    for text, ends in CONTRACT_SCRIPT:
+        t = tok(text, add_special_tokens=False)["input_ids"] + ([eos] if ends else [])
+        ids.append(t[: cfg.max_completion_length])
+    lengths = [len(t) for t in ids]
+    assert [eos in t for t in ids] == [True, True, True, False] and max(lengths[:3]) <= 16
+    completions = [[{"role": "assistant", "content": tok.decode(t, skip_special_tokens=True)}]
+                   for t in ids]  # fmt: skip
+
+    def rewards(method):
+        reward.config = RewardConfig(method=method, grader="math", target_length=16)
+        out = trainer._calculate_rewards([row] * G, [row["prompt"]] * G, completions, ids)
+        return out[:, 0].tolist()
+
+    if opened:  # only the 2nd and 3rd have an answer
+        assert rewards("truncation") == [0.0, 1.0, 1.0, 0.0]
+        assert rewards("laser") == [-1.0, 1.5, 1.5, -1.0]
+    else:  # no think block opened: the 1st and the cut-off 4th are plain answers
+        assert rewards("truncation") == [1.0, 1.0, 1.0, 0.0]
+        assert rewards("laser") == [1.5, 1.5, 1.5, 1.0]
+
+    assert reward.prompt_opens_think is opened
+
+    # LASER-D's monitor grades by the same contract: with the prompt opening the block,
+    # 2 of the 4 rollouts are correct ("medium"), else 4 of 4 ("easy"). With budgets
+    # 4, 5, ..., 32, the bucket's target is its 2nd shortest rollout (ECR = P * C_d >= 1
+    # with C_d = 2 or 3 of K = 4); the empty buckets get the longest rollout.
+    trainer._generate = lambda prompts: (None, ids, None, completions)
+    reward.config = RewardConfig(method="laser_d", grader="math", target_length=4)
+    targets = trainer.monitor_targets()
+    bucket = "medium" if opened else "easy"
+    assert targets == {
+        b: sorted(lengths)[1] if b == bucket else max(lengths) for b in ("easy", "medium", "hard")
+    }

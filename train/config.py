@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from artifacts.errors import ShortcotError
+from evals.grading import PROMPT_OPENS_THINK
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE
 from train.rewards import RewardConfig
 
@@ -79,6 +80,7 @@ class RLConfig:
     limit: int | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     system_prompt: str | None = None
+    prompt_opens_think: str = "auto"  # auto (read the chat template) | yes | no
     # the method
     reward: RewardConfig = field(default_factory=RewardConfig)
     advantage: str = "dler"  # dler | grpo | group_mean
@@ -132,6 +134,10 @@ class RLConfig:
             raise ShortcotError(f"advantage {self.advantage!r} is not dler, grpo or group_mean")
         if self.laser_d.rounding not in ("ceil", "floor"):
             raise ShortcotError(f"laser_d.rounding {self.laser_d.rounding!r} is not ceil or floor")
+        if self.prompt_opens_think not in PROMPT_OPENS_THINK:
+            raise ShortcotError(
+                f"prompt_opens_think {self.prompt_opens_think!r} is not auto, yes or no"
+            )
         if self.num_generations < 2:
             raise ShortcotError(
                 "num_generations must be >= 2: group baselines need several rollouts per prompt"
@@ -187,6 +193,8 @@ config keys (YAML or key=value; nested with dots):
   work_dir                 checkpoints + logs (default OUT.work); keep_checkpoints=true keeps it after success
   problem_column, answer_column, id_column, split, limit   how to read the problems (evals.data.load_problems)
   prompt_template, system_prompt                          prompt format (default: the DLER / R1 instruction)
+  prompt_opens_think       auto | yes | no: the chat template opens <think> in the prompt (R1-Distill, QwQ), so a
+                           completion without </think> has no answer (bad format); auto renders the template to see
   reward.method            truncation | laser | laser_d | laser_de | da_dler | l1_exact | l1_max | kimi | arora_zanette | correctness
   reward.grader            math | testbed | module:function
   reward.target_length     L_T in tokens;  reward.alpha: length-term coefficient (method default if unset)

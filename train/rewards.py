@@ -11,8 +11,11 @@ Two layers:
   group-level methods (Kimi-1.5, Arora-Zanette) take the lists of one prompt's rollouts;
 * `LengthReward`, a callable with TRL's reward signature
   ``(prompts, completions, completion_ids, answer, **kwargs) -> list[float]`` that grades each
-  completion with the shared grader (`evals.grading.get_grader`), detects truncation from
-  ``completion_ids`` (no EOS within the limit, never from text) and applies one method.
+  completion with the shared grader (`evals.grading.get_grader`) under the answer contract
+  (`evals.grading.grade_completion`: when the chat template opened the think block, a
+  completion that never writes ``</think>`` has no answer, so it is wrong and badly
+  formatted, whatever it boxed while thinking), detects truncation from ``completion_ids``
+  (no EOS within the limit, never from text) and applies one method.
 
 Lengths count completion tokens up to and including the EOS token, as TRL's completion mask
 does. Group-level methods group the rollouts of one prompt by the ``id`` column (else by the
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from artifacts.errors import ShortcotError
-from evals.grading import Grade, get_grader
+from evals.grading import Grade, get_grader, grade_completion
 
 METHODS = (
     "truncation",
@@ -319,7 +322,10 @@ class RewardConfig:
 class LengthReward:
     """A TRL reward function: grade each completion, then apply ``config.method``.
 
-    ``eos_token_ids`` decide truncation. For LASER-D, ``targets`` maps a difficulty bucket to
+    ``eos_token_ids`` decide truncation. ``prompt_opens_think``: the chat template opens the
+    think block in the prompt (`train.rl.build_trainer` reads it off the template), so the
+    completions hold only ``... </think> answer`` (the answer contract, `grade`).
+    For LASER-D, ``targets`` maps a difficulty bucket to
     its adaptive target L_A(d) (kept up to date by `train.trainer.ShortcotGRPOTrainer`);
     a bucket without a target yet uses ``target_length``. ``last`` holds the per-completion
     details of the latest call (correct, length, truncated, group accuracy, target) for
@@ -331,12 +337,19 @@ class LengthReward:
     targets: dict[str, int] = field(default_factory=dict)
     bucket_thresholds: tuple[float, float] = (1 / 3, 2 / 3)
     grader: Callable | None = None
+    prompt_opens_think: bool = False
     last: dict = field(default_factory=dict)
     __name__: str = "length_reward"
 
     def __post_init__(self):
         self.grader = self.grader or get_grader(self.config.grader)
         self.__name__ = f"{self.config.method}_reward"
+
+    def grade(self, completion, answer) -> Grade:
+        """One completion (text or TRL's chat messages) graded under the answer contract."""
+        return grade_completion(
+            self.grader, completion_text(completion), str(answer), self.prompt_opens_think
+        )
 
     def __call__(self, prompts, completions, completion_ids, answer=None, **kwargs) -> list[float]:
         if answer is None:
@@ -351,7 +364,7 @@ class LengthReward:
             step = state.global_step if state is not None else 0
             cfg = dataclasses.replace(cfg, target_length=cfg.target_at(step), target_schedule=[])
         n = len(completions)
-        grades = [self.grader(completion_text(c), str(a)) for c, a in zip(completions, answer)]
+        grades = [self.grade(c, a) for c, a in zip(completions, answer)]
         base_fn = binary_reward if cfg.resolved_base() == "binary" else laser_base_reward
         rs = [base_fn(g) for g in grades]
         correct = [g.correct for g in grades]

@@ -53,6 +53,27 @@ def prompt_rows(cfg: RLConfig, spec: str, limit: int | None = None) -> list[dict
     ]
 
 
+def template_opens_think(cfg: RLConfig, tokenizer, chat_template_kwargs=None) -> bool:
+    """Whether the rollouts' prompts open the think block (the answer contract,
+    `evals.grading.resolve_prompt_opens_think`): ``cfg.prompt_opens_think``, with ``auto``
+    rendered the way TRL renders the prompts (the tokenizer's chat template with
+    ``chat_template_kwargs``, e.g. Qwen3's ``enable_thinking``)."""
+    from evals.grading import PROBE_PROBLEM, resolve_prompt_opens_think
+    from evals.prompts import build_messages
+
+    kwargs = chat_template_kwargs or {}
+    if isinstance(kwargs, str):
+        kwargs = json.loads(kwargs)
+
+    def render(messages):
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
+
+    probe = build_messages(PROBE_PROBLEM, cfg.prompt_template, cfg.system_prompt)
+    return resolve_prompt_opens_think(cfg.prompt_opens_think, render, probe)
+
+
 def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
     """Everything from the config to a ready `ShortcotGRPOTrainer` (no training yet)."""
     import random
@@ -97,6 +118,7 @@ def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
             task_type="CAUSAL_LM",
         )
     args = GRPOConfig(output_dir=str(output_dir), **cfg.to_grpo_kwargs())
+    reward.prompt_opens_think = template_opens_think(cfg, tokenizer, args.chat_template_kwargs)
     return ShortcotGRPOTrainer(
         model=model,
         reward_funcs=[reward],

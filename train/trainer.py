@@ -35,7 +35,7 @@ from trl import GRPOTrainer
 from artifacts.errors import ShortcotError
 from train.advantages import dler_advantages
 from train.laser_d import adaptive_targets
-from train.rewards import LengthReward, completion_text
+from train.rewards import LengthReward
 from train.sampling import fill_batch
 
 # The GRPOTrainer internals overridden below were read from these versions.
@@ -237,12 +237,10 @@ class ShortcotGRPOTrainer(GRPOTrainer):
         local = []
         if results is not None:
             completion_ids, completions = results[1], results[3]
-            grader = self.length_reward.grader
+            grade = self.length_reward.grade  # the answer contract, as in the reward
             for j, row in enumerate(share):
                 sl = slice(j * k, (j + 1) * k)
-                correct = [
-                    grader(completion_text(c), str(row["answer"])).correct for c in completions[sl]
-                ]
+                correct = [grade(c, row["answer"]).correct for c in completions[sl]]
                 local.append((sum(correct) / k, [len(ids) for ids in completion_ids[sl]]))
         everything = gather_object(local)
         cfg = self.length_reward.config
