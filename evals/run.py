@@ -634,7 +634,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EvalConfig, dict]:
                     values[action.dest] = action.type(values[action.dest])
                 except ValueError:
                     raise ShortcotError(
-                        f"{path}: {action.dest} {values[action.dest]!r} is not a {action.type.__name__}"
+                        f"{path}: {action.dest} {values[action.dest]!r} is not a valid "
+                        f"{action.type.__name__}; fix the value in the config file"
                     ) from None
         p.set_defaults(**values)
     args = vars(p.parse_args(argv))

@@ -137,7 +137,7 @@ def _power_digits(text: str) -> float:
         if rest[:1] in ("{", "("):
             exp_text = rest[: _group_end(rest)]
         else:
-            run = re.match(r"\d+", rest)
+            run = re.match(r"\d+(?:\s*\^\s*\d+)*", rest)  # 2^10^10^10: the whole chain
             exp_text = run.group(0) if run else rest[:1]
         expr = f"({base_text})^({exp_text})"
         for old, new in _LATEX_OPS:

@@ -162,6 +162,7 @@ def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
 
 def train(cfg: RLConfig, force: bool = False, resume: bool = False) -> Path:
     """Run one training job; returns the output folder."""
+    from artifacts.hub import resolve_local
     from evals.grading import get_grader
 
     cfg.validate()
@@ -170,6 +171,7 @@ def train(cfg: RLConfig, force: bool = False, resume: bool = False) -> Path:
     check_writable(work.parent, "work_dir")
     get_grader(cfg.reward.grader)  # a wrong grader fails now, not after loading the model
     grpo_args(cfg, work)
+    resolve_local(cfg.model)  # an empty folder or a typo fails before the work folder exists
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in RESUMABLE_KEYS}
     last = prepare_work_dir(work, settings, resume=resume, force=force)
     trainer = build_trainer(cfg, work)
