@@ -219,6 +219,8 @@ def move_into_place(tmp: Path, out: Path) -> None:
     except BaseException:
         os.replace(old, out)
         raise
+    with contextlib.suppress(OSError):
+        _write_owner(old)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -198,20 +198,21 @@ def _check_folder(folder: Path, settings: dict, flag: str) -> bool:
     return True
 
 
-def prepare_out(out: Path, settings: dict, force: bool) -> Path:
-    """Check ``out`` and return the folder this run writes into (created later, once there
-    is something to write).
+def prepare_out(out: Path, settings: dict, force: bool) -> tuple[Path, bool]:
+    """Check ``out``; return the folder this run writes into (created later, once there is
+    something to write) and whether the samples in it are continued (False: they are
+    discarded, once the model has loaded).
 
     Without ``force``: ``out`` itself, which must be absent, empty or hold samples made with
     the same generation settings (they are continued). With ``force`` and an existing
     ``out``: the staging folder `staging_dir` (continued when it holds samples of the same
-    settings, else emptied); ``out`` stays untouched until the new run is complete.
+    settings); ``out`` stays untouched until the new run is complete.
     """
     remove_stale_temporaries(out)
     if not force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
         _check_folder(out, settings, "--force")
         check_writable(out if out.exists() else out.parent)
-        return out
+        return out, True
     if not out.is_dir():
         raise ShortcotError(f"--out {out} is a file; choose a folder")
     stage = staging_dir(out)
@@ -231,9 +232,7 @@ def prepare_out(out: Path, settings: dict, force: bool) -> Path:
         continued = _check_folder(stage, settings, "--force")
     except ShortcotError:
         continued = False
-    if not continued and stage.exists():
-        shutil.rmtree(stage)
-    return stage
+    return stage, continued
 
 
 def repair_tail(path: Path) -> None:
@@ -387,11 +386,13 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
     )
     final = Path(cfg.out)
     settings = generation_settings(cfg)
-    out = prepare_out(final, settings, cfg.force)
+    out, continued = prepare_out(final, settings, cfg.force)
 
     def write_settings() -> None:
         # Only once the model has loaded (or nothing is left to generate): a run that fails
         # before its first sample must not bind the folder to its settings.
+        if not continued and out.exists():
+            shutil.rmtree(out)  # an earlier forced run's samples, of other settings
         out.mkdir(parents=True, exist_ok=True)
         if out != final:
             (out / OWNER_FILE).write_text(json.dumps(owner_record()))
@@ -405,7 +406,7 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
 
     wanted = {(p.id, k) for p in problems for k in range(cfg.samples)}
     done: dict[tuple[str, int], dict] = {}
-    for r in read_jsonl(out / SAMPLES_FILE):
+    for r in read_jsonl(out / SAMPLES_FILE) if continued else ():
         key = (str(r["id"]), int(r["sample"]))
         if key in wanted:
             done[key] = r

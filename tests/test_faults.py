@@ -608,7 +608,12 @@ def _start_of(pid: int) -> str | None:
     return _start_time(pid)
 
 
-def test_force_keeps_old_output_when_the_new_one_fails(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_force_keeps_old_output_when_the_new_one_fails(exchange, tmp_path, monkeypatch):
+    import artifacts.outdir
+
+    if not exchange:
+        monkeypatch.setattr(artifacts.outdir, "_exchange", lambda a, b: False)
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
@@ -838,3 +843,17 @@ def test_forced_evaluation_refuses_a_live_writer(assets, eval_ref, tmp_path, cap
     args = _eval_args(assets, out, None, "--seed", "1", "--force")
     assert "another evals.run" in one_error(*run_main(evals_run.main, args, capsys)[::2])
     assert snapshot(out) == snapshot(eval_ref)
+
+
+def test_forced_run_with_a_typo_keeps_the_earlier_forced_samples(
+    assets, eval_ref, tmp_path, capsys
+):
+    from evals import run as evals_run
+
+    out, staging = tmp_path / "out", tmp_path / ".out.new"
+    shutil.copytree(eval_ref, out)
+    shutil.copytree(eval_ref, staging)  # an earlier forced run's samples (other settings)
+    before = snapshot(staging)
+    args = _eval_args(assets, out, assets / "bsae", "--seed", "1", "--force")
+    assert "does not exist" in one_error(*run_main(evals_run.main, args, capsys)[::2])
+    assert snapshot(staging) == before and snapshot(out) == snapshot(eval_ref)
