@@ -188,6 +188,9 @@ class _Worker:
         self.buf = b""
 
     def _start(self) -> None:
+        # The worker dies with the thread that starts it (PR_SET_PDEATHSIG follows the
+        # creating thread): a grader first called from a short-lived thread costs one
+        # restart (about a second) after that thread ends, never a wrong verdict.
         self.proc = subprocess.Popen(
             [sys.executable, str(_WORKER)],
             stdin=subprocess.PIPE,
