@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def train(cfg: RLConfig, force: bool = False, resume: bool = False) -> Path:
     work = Path(cfg.work_dir or f"{cfg.out}.work")
     check_writable(work.parent, "work_dir")
     get_grader(cfg.reward.grader)  # a wrong grader fails now, not after loading the model
-    grpo_args(cfg, work)
+    with warnings.catch_warnings():  # only a check here; the real run shows TRL's warnings
+        warnings.simplefilter("ignore")
+        grpo_args(cfg, work)
     resolve_local(cfg.model)  # an empty folder or a typo fails before the work folder exists
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in RESUMABLE_KEYS}
     last = prepare_work_dir(work, settings, resume=resume, force=force)
