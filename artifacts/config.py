@@ -100,7 +100,13 @@ def parse_overrides(overrides: list[str]) -> dict:
                 f"override {item!r} is not key=value; write e.g. learning_rate=1e-5"
             )
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or "not YAML"
+            raise ShortcotError(
+                f"override {item!r}: the value is not valid YAML ({where}); quote it or fix it"
+            ) from None
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -116,21 +122,39 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | os.PathLike, recipes: str = "configs/") -> dict:
+    """The ``key: value`` mapping of a YAML file; every way it can be wrong (missing, a
+    folder, not text, not YAML, not a mapping) is a one-line `ShortcotError`."""
+    p = Path(path)
+    if not p.exists():
+        raise ShortcotError(
+            f"config file {p} does not exist; check the path (recipes live in {recipes})"
+        )
+    if p.is_dir():
+        raise ShortcotError(f"config file {p} is a folder; pass a YAML file")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ShortcotError(f"config file {p} is not a text file; pass a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "not YAML"
+        raise ShortcotError(
+            f"config file {p} is not valid YAML ({problem}{where}); fix it or pass a YAML recipe"
+        ) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ShortcotError(f"config file {p} must hold a mapping of key: value")
+    return loaded
+
+
 def load_config(
     cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> T:
     """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides (applied last)."""
-    values: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ShortcotError(
-                f"config file {p} does not exist; check the path (recipes live in configs/)"
-            )
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ShortcotError(f"config file {p} must hold a mapping of key: value")
-        values = loaded
+    values: dict = read_yaml_mapping(path) if path is not None else {}
     values = _merge(values, parse_overrides(overrides or []))
     return _build(cls, values)
 

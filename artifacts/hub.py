@@ -12,6 +12,9 @@ from pathlib import Path
 
 from artifacts.errors import ShortcotError
 
+# A local folder is a model (or adapter, or tokenizer) folder when it holds one of these.
+MODEL_MARKERS = ("config.json", "adapter_config.json", "tokenizer_config.json")
+
 
 def resolve_local(
     name_or_path: str | os.PathLike,
@@ -28,6 +31,12 @@ def resolve_local(
     if path.exists():
         if not path.is_dir():
             raise ShortcotError(f"{path} is a file; pass the folder that holds the {repo_type}")
+        if repo_type == "model" and not any((path / f).exists() for f in MODEL_MARKERS):
+            content = "is empty" if not any(path.iterdir()) else "holds no config.json"
+            raise ShortcotError(
+                f"{path} {content}, so it is not a model folder; pass a Hugging Face model "
+                "folder (config.json, weights, tokenizer) or a Hub id"
+            )
         return path
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

@@ -18,8 +18,14 @@ def load_callable(target: str, what: str, known: list[str]) -> Callable:
         )
     module, _, attr = target.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ShortcotError(
             f"cannot load {what} {target!r} ({err}); check the module:function name"
         ) from err
+    if not callable(obj):
+        raise ShortcotError(
+            f"{what} {target!r} is a {type(obj).__name__}, not a function; "
+            "point module:function at a callable"
+        )
+    return obj

@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from artifacts.cards import write_dataset_card
+from artifacts.config import read_yaml_mapping
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output
 from distill.answers import bind_detector, get_detector
@@ -343,17 +344,7 @@ def build(cfg: BuildConfig) -> dict:
 
 
 def _read_yaml(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise ShortcotError(
-            f"config file {p} does not exist; check the path (recipes live in configs/distill/)"
-        )
-    values = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ShortcotError(f"config file {p} must hold a mapping of key: value")
-    return values
+    return read_yaml_mapping(path, "configs/distill/")
 
 
 def parse_args(argv: Sequence[str] | None) -> BuildConfig:

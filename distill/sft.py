@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -32,9 +31,24 @@ from pathlib import Path
 from artifacts.cards import write_model_card
 from artifacts.config import load_config
 from artifacts.errors import ShortcotError, run_cli
-from artifacts.outdir import atomic_output_dir, check_output
+from artifacts.outdir import atomic_output_dir, check_output, check_writable
+from artifacts.resume import prepare_work_dir
 from distill.dataset import load_rows
 from distill.sft_config import SFTRecipe
+
+# Recipe keys that may change when a run is resumed (--resume): where things go, how long
+# it runs, how it logs. Any other change makes the checkpoints another run's.
+RESUMABLE_KEYS = (
+    "out",
+    "work_dir",
+    "resume",
+    "max_steps",
+    "num_train_epochs",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "report_to",
+)
 
 
 def loss_mode(tokenizer) -> str:
@@ -98,7 +112,6 @@ def train(
     """Run SFT per the recipe; returns the training summary (also in ``out/train_summary.json``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from artifacts.hub import resolve_local
@@ -109,7 +122,17 @@ def train(
         )
     if r.merge_lora and not r.lora:
         raise ShortcotError("--merge-lora needs --lora; drop --merge-lora for full fine-tuning")
+    if r.max_steps == 0 or r.max_steps < -1:
+        raise ShortcotError(
+            f"max_steps must be -1 (train for num_train_epochs) or >= 1, got {r.max_steps}"
+        )
+    if r.max_steps == -1 and not r.num_train_epochs > 0:
+        raise ShortcotError(f"num_train_epochs must be > 0, got {r.num_train_epochs}")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps"):
+        if getattr(r, key) < 1:
+            raise ShortcotError(f"{key} must be >= 1, got {getattr(r, key)}")
     check_output(r.out, force)
+    check_writable(Path(r.work_dir or f"{r.out.rstrip('/')}.work").parent, "--work-dir")
     student = resolve_local(r.student)
     tokenizer = AutoTokenizer.from_pretrained(str(student))
     dataset = load_rows(r.data)
@@ -123,15 +146,10 @@ def train(
         dataset = to_prompt_completion(dataset)
 
     work = Path(r.work_dir or f"{r.out.rstrip('/')}.work")
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
-    if r.resume and last:
+    settings = {k: v for k, v in asdict(r).items() if k not in RESUMABLE_KEYS}
+    last = prepare_work_dir(work, settings, resume=r.resume, force=force)
+    if last:
         print(f"resuming from {last}")
-    elif work.exists() and any(work.glob("checkpoint-*")) and not r.resume:
-        if not force:
-            raise ShortcotError(
-                f"{work} holds checkpoints of an earlier run; pass --resume to continue or --force to restart"
-            )
-        shutil.rmtree(work)
 
     model = AutoModelForCausalLM.from_pretrained(
         str(student), dtype=_dtype(r.dtype) or torch.float32
@@ -183,7 +201,7 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    result = trainer.train(resume_from_checkpoint=last if (r.resume and last) else None)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
 
     summary = {
         "train_loss": result.training_loss,

@@ -479,6 +479,8 @@ def verify_trace(t: Trace, ctx: Context) -> str | None:
     g = ctx.verdict(t.text)
     if not g.formatted:
         return "unformatted"
+    if getattr(g, "ungradable", False):
+        return "ungradable"
     if not g.correct:
         return "incorrect"
     return None

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from artifacts.errors import ShortcotError
+from evals.verify import check_answer
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -43,11 +44,15 @@ class Grade:
     answer:    the extracted final answer (content of the last ``\\boxed{}``), None if absent.
     formatted: the completion has the expected shape: a closed think block when one was
                opened, and a boxed answer after it. Laser's "bad format" is ``not formatted``.
+    ungradable: the answer could not be checked in bounded time (`evals.verify`: too
+               large to parse safely, or past the time limit); never correct. Counted in
+               evaluation and dataset summaries and in the RL logs.
     """
 
     correct: bool
     answer: str | None
     formatted: bool
+    ungradable: bool = False
 
 
 Grader = Callable[[str, str], Grade]
@@ -246,29 +251,15 @@ def boxed_answers(text: str) -> list[str]:
     return out
 
 
-def _normalize(s: str) -> str:
-    return "".join(s.split()).rstrip(".").replace("\\!", "").replace("\\,", "")
-
-
 def answers_match(answer: str, reference: str) -> bool:
     """True when ``answer`` and ``reference`` denote the same mathematical object.
 
     Identical strings (up to whitespace) short-circuit; everything else goes to
-    math-verify (fractions, LaTeX forms, sets, intervals, equivalent expressions).
+    math-verify (fractions, LaTeX forms, sets, intervals, equivalent expressions), bounded
+    in size and time (`evals.verify.check_answer`; an answer that cannot be checked is not
+    a match).
     """
-    if _normalize(answer) == _normalize(reference):
-        return True
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
-    try:
-        gold = parse(f"${reference}$", extraction_config=configs, parsing_timeout=None)
-        pred = parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
-        if not gold or not pred:
-            return False
-        return bool(verify(gold, pred, timeout_seconds=None))
-    except Exception:  # math-verify raises on exotic input; an unparsable answer is wrong
-        return False
+    return check_answer(answer, reference) is True
 
 
 def math_grade(completion: str, reference: str) -> Grade:
@@ -280,7 +271,8 @@ def math_grade(completion: str, reference: str) -> Grade:
     answer = None if part is None else extract_boxed(part)
     if answer is None:
         return Grade(correct=False, answer=None, formatted=False)
-    return Grade(correct=answers_match(answer, str(reference)), answer=answer, formatted=True)
+    verdict = check_answer(answer, str(reference))  # None: ungradable (evals.verify)
+    return Grade(verdict is True, answer, True, ungradable=verdict is None)
 
 
 # Named graders; any "package.module:function" is accepted too, so new tasks plug in

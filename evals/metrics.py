@@ -202,7 +202,8 @@ def summarize(records: Sequence[dict], vote_k: int | None = None) -> dict:
 
     Keys: ``accuracy``, ``accuracy_se`` (`pass_at_1`), ``mean_tokens``, ``median_tokens``,
     ``p90_tokens``, ``truncation_rate``, ``n_problems``, ``n_samples``,
-    ``samples_per_problem``, ``format_rate``, ``mean_thinking_tokens`` /
+    ``samples_per_problem``, ``format_rate``, ``n_ungradable`` (samples the grader could
+    not check in bounded time; counted as incorrect), ``mean_thinking_tokens`` /
     ``mean_answer_tokens`` (over samples with a think block; None if none has one),
     ``think_block_rate``, ``tokens_per_correct``, ``total_tokens``, ``gen_seconds``,
     ``throughput_tokens_per_s``, ``by_difficulty`` (level -> the core keys, when the data
@@ -213,6 +214,7 @@ def summarize(records: Sequence[dict], vote_k: int | None = None) -> dict:
     sizes = sorted({len(g) for g in groups.values()})
     out["samples_per_problem"] = sizes[0] if len(sizes) == 1 else sizes
     out["format_rate"] = rate([r.get("formatted", r.get("answer") is not None) for r in records])
+    out["n_ungradable"] = sum(bool(r.get("ungradable")) for r in records)
     think = [r for r in records if r.get("thinking_tokens") is not None]
     out["think_block_rate"] = rate([r.get("thinking_tokens") is not None for r in records])
     out["mean_thinking_tokens"] = mean([r["thinking_tokens"] for r in think])

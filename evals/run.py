@@ -5,8 +5,9 @@
 
 Writes into ``--out``:
 
-- ``settings.json``: the settings (written first; a rerun with other generation settings
-  is refused, so one folder never mixes two configurations);
+- ``settings.json``: the settings (written once the model has loaded; a rerun with other
+  generation settings is refused once samples exist, so one folder never mixes two
+  configurations);
 - ``samples.jsonl``: one record per sample, appended after every finished batch, so an
   interrupted run resumes where it stopped (rerun the same command);
 - ``summary.json`` / ``summary.md``: the metrics (`evals.metrics.summarize`), written
@@ -16,6 +17,10 @@ Every sample is graded under the answer contract (`evals.grading.grade_completio
 when the chat template opens the think block in the prompt (DeepSeek-R1-Distill, QwQ;
 read off the rendered template, or ``--prompt-opens-think yes|no``), a completion that
 never writes ``</think>`` has no answer, whatever it boxed while thinking.
+
+``--force`` over an existing ``--out`` writes into ``.OUT.new`` next to it and replaces
+``--out`` only when the new run is complete; a forced run that fails leaves ``--out`` as it
+was (rerunning it with ``--force`` continues ``.OUT.new``).
 
 ``--limit`` and ``--samples`` may grow between reruns (samples are seeded per
 problem and sample index, see `evals.backends`, so the extra ones are exactly those an
@@ -38,9 +43,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.config import read_yaml_mapping
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.jsonl import JsonlAppender, read_jsonl
-from artifacts.outdir import atomic_write_text
+from artifacts.outdir import (
+    OWNER_FILE,
+    atomic_write_text,
+    check_writable,
+    move_into_place,
+    owner_is_dead,
+    owner_record,
+    remove_stale_temporaries,
+)
 from evals.backends import Backend, Completion, Request, SamplingParams, load_backend
 from evals.budget import DEFAULT_CUE, find_subsequence, generate_with_budget
 from evals.data import Problem, load_problems
@@ -173,31 +187,84 @@ def settings_diff(old: dict, new: dict) -> list[str]:
     ]
 
 
-def prepare_out(out: Path, settings: dict, force: bool) -> None:
-    """Create ``out`` or check that it holds a run with the same generation settings."""
-    if out.exists() and not out.is_dir():
-        raise ShortcotError(f"--out {out} is a file; choose a folder")
-    if out.exists() and force:
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        sfile = out / SETTINGS_FILE
-        if not sfile.exists():
-            raise ShortcotError(
-                f"--out {out} exists and is not an evals.run folder; choose another --out or pass --force"
-            )
+def staging_dir(out: Path) -> Path:
+    """Where a ``--force`` run over an existing ``out`` writes until it is complete."""
+    return out.parent / f".{out.name}.new"
+
+
+def _has_samples(folder: Path) -> bool:
+    path = folder / SAMPLES_FILE
+    return path.exists() and path.stat().st_size > 0
+
+
+def _check_folder(folder: Path, settings: dict, flag: str) -> bool:
+    """Whether ``folder`` may be continued with ``settings`` (True), is empty or absent
+    (False); otherwise a `ShortcotError`. Recorded settings without samples (a run that
+    failed before its first sample, e.g. on a mistyped --model) do not bind a folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ShortcotError(f"--out {folder} is a file; choose a folder")
+    if not folder.exists() or not any(folder.iterdir()):
+        return False
+    sfile = folder / SETTINGS_FILE
+    if not sfile.exists():
+        raise ShortcotError(
+            f"--out {folder} exists and is not an evals.run folder; choose another --out or pass --force"
+        )
+    if not _has_samples(folder):
+        return True
+    try:
         old = json.loads(sfile.read_text()).get("generation")
-        if not isinstance(old, dict):  # e.g. an old distill.build work folder
+    except (ValueError, AttributeError):
+        old = {}
+    if not isinstance(old, dict):  # e.g. an old distill.build work folder
+        raise ShortcotError(
+            f"--out {folder} holds a settings.json that evals.run did not write; choose another "
+            f"folder, or delete it ({flag}) to start over"
+        )
+    diff = settings_diff(old, settings)
+    if diff:
+        raise ShortcotError(
+            f"--out {folder} holds samples made with other settings ({'; '.join(diff)}); "
+            f"use another --out, or {flag} to discard them"
+        )
+    return True
+
+
+def prepare_out(out: Path, settings: dict, force: bool) -> tuple[Path, bool]:
+    """Check ``out``; return the folder this run writes into (created later, once there is
+    something to write) and whether the samples in it are continued (False: they are
+    discarded, once the model has loaded).
+
+    Without ``force``: ``out`` itself, which must be absent, empty or hold samples made with
+    the same generation settings (they are continued). With ``force`` and an existing
+    ``out``: the staging folder `staging_dir` (continued when it holds samples of the same
+    settings); ``out`` stays untouched until the new run is complete.
+    """
+    remove_stale_temporaries(out)
+    if not force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        _check_folder(out, settings, "--force")
+        check_writable(out if out.exists() else out.parent)
+        return out, True
+    if not out.is_dir():
+        raise ShortcotError(f"--out {out} is a file; choose a folder")
+    stage = staging_dir(out)
+    check_writable(out.parent)
+    owner = stage / OWNER_FILE
+    if owner.exists():
+        try:
+            record = json.loads(owner.read_text())
+        except ValueError:
+            record = {}
+        if record.get("pid") != os.getpid() and not owner_is_dead(record):
             raise ShortcotError(
-                f"--out {out} holds a settings.json that evals.run did not write; choose another "
-                "folder, or delete it (--force) to start over"
+                f"another evals.run (pid {record.get('pid')} on {record.get('host')}) is "
+                f"writing {stage}; wait for it to finish"
             )
-        diff = settings_diff(old, settings)
-        if diff:
-            raise ShortcotError(
-                f"--out {out} holds samples made with other settings ({'; '.join(diff)}); "
-                "use another --out, or --force to discard them"
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        continued = _check_folder(stage, settings, "--force")
+    except ShortcotError:
+        continued = False
+    return stage, continued
 
 
 def repair_tail(path: Path) -> None:
@@ -266,6 +333,7 @@ def make_record(
         "answer": grade.answer,
         "correct": bool(grade.correct),
         "formatted": bool(grade.formatted),
+        "ungradable": bool(getattr(grade, "ungradable", False)),
         "truncated": not completion.finished,
         "forced": forced,
         "gen_seconds": gen_seconds,
@@ -295,6 +363,12 @@ def summary_markdown(summary: dict, cfg: EvalConfig) -> str:
         f"{f(summary['mean_answer_tokens'])} | {f(100 * summary['truncation_rate'])} | "
         f"{f(summary['tokens_per_correct'])} | {f(summary['throughput_tokens_per_s'])} |",
     ]
+    if summary.get("n_ungradable"):
+        lines += [
+            "",
+            f"{summary['n_ungradable']} sample(s) could not be graded in bounded time "
+            "(ungradable, counted as incorrect).",
+        ]
     if summary["by_difficulty"]:
         lines += [
             "",
@@ -346,27 +420,41 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
         cfg.split,
         cfg.limit,
     )
-    out = Path(cfg.out)
+    final = Path(cfg.out)
     settings = generation_settings(cfg)
-    prepare_out(out, settings, cfg.force)
-    atomic_write_text(
-        out / SETTINGS_FILE,
-        json.dumps({"generation": settings, "all": dataclasses.asdict(cfg)}, indent=2, default=str)
-        + "\n",
-    )
+    out, continued = prepare_out(final, settings, cfg.force)
+
+    def write_settings() -> None:
+        # Only once the model has loaded (or nothing is left to generate): a run that fails
+        # before its first sample must not bind the folder to its settings.
+        if not continued and out.exists():
+            shutil.rmtree(out)  # an earlier forced run's samples, of other settings
+        out.mkdir(parents=True, exist_ok=True)
+        if out != final:
+            (out / OWNER_FILE).write_text(json.dumps(owner_record()))
+        atomic_write_text(
+            out / SETTINGS_FILE,
+            json.dumps(
+                {"generation": settings, "all": dataclasses.asdict(cfg)}, indent=2, default=str
+            )
+            + "\n",
+        )
 
     wanted = {(p.id, k) for p in problems for k in range(cfg.samples)}
     done: dict[tuple[str, int], dict] = {}
-    for r in read_jsonl(out / SAMPLES_FILE):
+    for r in read_jsonl(out / SAMPLES_FILE) if continued else ():
         key = (str(r["id"]), int(r["sample"]))
         if key in wanted:
             done[key] = r
     pending = [(p, k) for p in problems for k in range(cfg.samples) if (p.id, k) not in done]
 
-    if pending:
+    if not pending:
+        write_settings()
+    else:
         backend = backend or load_backend(
             cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
         )
+        write_settings()
         close_ids = backend.encode(THINK_CLOSE)
         # R1-style templates open the think block in the prompt itself (the answer contract).
         opened = resolve_prompt_opens_think(
@@ -428,6 +516,8 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
     )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", summary_markdown(summary, cfg))
+    if out != final:  # a --force run is complete: only now does it replace the old output
+        move_into_place(out, final)
     return summary
 
 
@@ -573,20 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[EvalConfig, dict]:
     """Flags, with ``--config`` YAML values as their defaults -> (EvalConfig, CLI-only options)."""
-    import yaml
-
     p = build_parser()
     pre, _ = p.parse_known_args(argv)
     if pre.config:
         path = Path(pre.config)
-        if not path.exists():
-            raise ShortcotError(
-                f"config file {path} does not exist; check the path (recipes: configs/evals/)"
-            )
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ShortcotError(f"config file {path} must hold a mapping of flag_name: value")
-        values = {k.replace("-", "_"): v for k, v in values.items()}
+        values = read_yaml_mapping(path, "configs/evals/")
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
         dests = {a.dest for a in p._actions} - {"help", "config"}
         unknown = sorted(set(values) - dests)
         if unknown:
@@ -595,7 +677,13 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[EvalConfig, dict]:
             )
         for action in p._actions:  # YAML strings for numeric flags get argparse's conversion
             if action.dest in values and action.type and isinstance(values[action.dest], str):
-                values[action.dest] = action.type(values[action.dest])
+                try:
+                    values[action.dest] = action.type(values[action.dest])
+                except ValueError:
+                    raise ShortcotError(
+                        f"{path}: {action.dest} {values[action.dest]!r} is not a valid "
+                        f"{action.type.__name__}; fix the value in the config file"
+                    ) from None
         p.set_defaults(**values)
     args = vars(p.parse_args(argv))
     args.pop("config")

@@ -216,6 +216,22 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def check_lora_shapes(name: str, mod: LoraModule, base_shape: tuple[int, ...], folder) -> None:
+    """The adapter's A and B must multiply to the base tensor's shape (B @ A for a linear
+    layer, (B @ A).T for an embedding); otherwise it was made for another base."""
+    a, b = mod.a.shape, mod.b.shape
+    if mod.embedding:  # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r)
+        ok = len(a) == len(b) == 2 and a[0] == b[1] and (a[1], b[0]) == tuple(base_shape)
+    else:  # lora_A: (r, in_features), lora_B: (out_features, r)
+        ok = len(a) == len(b) == 2 and a[0] == b[1] and (b[0], a[1]) == tuple(base_shape)
+    if not ok:
+        raise ShortcotError(
+            f"{folder}: adapter module {name} has lora_A {list(a)} and lora_B {list(b)}, which "
+            f"do not fit the base's tensor of shape {list(base_shape)}; the adapter was made "
+            "for another base model, pass the base it was trained on"
+        )
+
+
 class LoraDeltas:
     """The tuned side of a merge when it is a PEFT LoRA adapter trained on the base.
 
@@ -296,11 +312,12 @@ class LoraDeltas:
         self.tensors = dict(base.tensors)
         for name, info in self.full.items():
             self.tensors[name] = info
-        for name in self.modules:
+        for name, mod in self.modules.items():
             if name not in self.tensors:
                 raise ShortcotError(
                     f"adapter module {name} is not a tensor of the base model; pass the base the adapter was trained on"
                 )
+            check_lora_shapes(name, mod, self.tensors[name].shape, folder)
 
     def lora_delta(self, name: str) -> torch.Tensor | None:
         """``scaling * B @ A`` in float32 for an adapted tensor, else None."""

@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 from artifacts.cards import write_model_card
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.hub import push_folder, resolve_local, revision_of
-from artifacts.outdir import atomic_output_dir, check_free_space, check_output
+from artifacts.outdir import (
+    atomic_output_dir,
+    check_free_space,
+    check_output,
+    remove_stale_temporaries,
+)
 from merge import select
 from merge.checkpoint import (
     OUTPUT_EMBEDDINGS,
@@ -279,6 +284,8 @@ def plan_merge(cfg: MergeConfig) -> MergePlan:
         parse_size(cfg.shard_size),
     )
     out = Path(cfg.out).expanduser().absolute()
+    if not cfg.dry_run:
+        remove_stale_temporaries(out)  # a killed merge's leftovers count against free space
     check_free_space(out.parent, plan.out_bytes + 10_000_000)
     return plan
 

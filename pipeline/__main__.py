@@ -23,7 +23,7 @@ from artifacts.outdir import atomic_write_text
 from pipeline.config import PipelineConfig
 from pipeline.plan import cfg_report_dir, plan
 from pipeline.publish import PUBLISHABLE, publish
-from pipeline.stages import run_stage, stage_is_current
+from pipeline.stages import decide, run_stage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = Path(cfg.workdir) / ".stages"
     if args.dry_run:
         for s in stages:
-            flag = "up to date" if stage_is_current(s, state_dir) else "to run"
+            flag = decide(s, state_dir).describe()
             runner = " ".join(s.launcher) if s.launcher else "python"
             print(f"{s.name:13s} {flag:10s} {runner} -m {s.module} {' '.join(s.args)}")
         return 0

@@ -66,6 +66,15 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
 
 
+def _work_dir(recipe: str, overrides: list[str], out: str) -> Path:
+    """Where a training CLI keeps its checkpoints: ``work_dir`` from the overrides, else
+    from the recipe, else its default ``OUT.work``."""
+    from artifacts.config import parse_overrides, read_yaml_mapping
+
+    work = parse_overrides(overrides).get("work_dir") or read_yaml_mapping(recipe).get("work_dir")
+    return Path(str(work)) if work else Path(f"{out.rstrip('/')}.work")
+
+
 def _flags(overrides: list[str]) -> list[str]:
     """``["samples=4", "limit=10"]`` -> ``["--samples", "4", "--limit", "10"]``."""
     out: list[str] = []
@@ -110,6 +119,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             Path(p.model("dler")),
             settings={"recipe": _file_digest(cfg.rl_config)},
             launcher=shlex.split(cfg.train_launcher),
+            work=_work_dir(cfg.rl_config, cfg.rl_overrides, p.model("dler")),
         )
     )
     stages.append(
@@ -180,6 +190,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             Path(p.model("distilled")),
             settings={"recipe": _file_digest(cfg.distill_sft_config), "data": stages[-1].key()},
             launcher=shlex.split(cfg.train_launcher),
+            work=_work_dir(cfg.distill_sft_config, cfg.distill_sft_overrides, p.model("distilled")),
         )
     )
     producers = {s.name: s for s in stages}

@@ -8,9 +8,17 @@ cannot leave another's state inconsistent.
 A stage is skipped when its output exists and was made with the same settings: the
 settings (the exact command line plus anything else that determines the output) are
 hashed and recorded in ``<workdir>/.stages/<name>.json`` after the stage succeeds. An
-output made with other settings is rebuilt (the stage CLI is given ``--force``); an
-interrupted stage left no output (every CLI writes atomically), so it simply runs again
-and the stage's own resume logic (generation records, trainer checkpoints) picks up.
+output made with other settings is rebuilt (the stage CLI is given ``--force``; the old
+output stays until the new one is complete).
+
+An interrupted stage left no output (every CLI writes atomically), so it runs again and
+picks up where it stopped: before a stage starts, its settings are recorded in
+``<name>.started.json``; a training stage (one with a ``work`` folder of checkpoints) whose
+checkpoints were made by a start with the same settings gets ``--resume``, one whose
+checkpoints belong to other settings gets ``--force`` (it starts over, cleanly); generation
+stages resume from their own records. A stage killed after its output was moved into place
+but before the record was written is recognised (its output is new since the start) and
+recorded, not rerun.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class Stage:
     launcher: a command that starts the module instead of this Python (e.g.
               ``["accelerate", "launch", "--num_processes", "8"]``); it must take
               ``-m module args``. Part of the settings: more processes can change the result.
+    work:     the folder where the CLI keeps checkpoints (training stages); with checkpoints
+              of the same settings there, the CLI is given ``resume_flag``.
     """
 
     name: str
@@ -55,6 +65,8 @@ class Stage:
     force_flag: str | None = "--force"
     resumes_in_place: bool = False
     launcher: list[str] = field(default_factory=list)
+    work: Path | None = None
+    resume_flag: str = "--resume"
 
     def key(self) -> str:
         fields = {"module": self.module, "args": self.args, "settings": self.settings}
@@ -63,10 +75,12 @@ class Stage:
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def command(self, force: bool) -> list[str]:
+    def command(self, force: bool, resume: bool = False) -> list[str]:
         cmd = [*(self.launcher or [sys.executable]), "-m", self.module, *self.args]
         if force and self.force_flag:
             cmd.append(self.force_flag)
+        if resume:
+            cmd.append(self.resume_flag)
         return cmd
 
 
@@ -81,6 +95,76 @@ def stage_is_current(stage: Stage, state_dir: Path) -> bool:
         return False
 
 
+def _identity(path: Path) -> str | None:
+    """Which folder ``path`` is now (an atomic move-in gives it a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class Decision:
+    """What `run_stage` will do: "cached", "recover" (record an output an interrupted
+    run finished), or "run" with ``force`` / ``resume``."""
+
+    action: str
+    force: bool = False
+    resume: bool = False
+
+    def describe(self) -> str:
+        if self.action == "cached":
+            return "up to date"
+        if self.action == "recover":
+            return "finished (record it)"
+        return "to resume" if self.resume else "to run"
+
+
+def decide(stage: Stage, state_dir: Path) -> Decision:
+    """Whether ``stage`` is current, and otherwise how to run it (see the module doc)."""
+    from artifacts.resume import checkpoint_dirs, last_checkpoint
+
+    if stage_is_current(stage, state_dir):
+        return Decision("cached")
+    record = state_dir / f"{stage.name}.json"
+    started = _read_json(state_dir / f"{stage.name}.started.json")
+    same_start = started.get("key") == stage.key()
+    if (
+        same_start
+        and not stage.resumes_in_place
+        and stage.output.exists()
+        and _identity(stage.output) != started.get("output")
+    ):
+        return Decision("recover")
+    # An output with a record of other settings is stale: rebuild it. One without a record
+    # was made by hand (rebuild) or is an interrupted in-place run (continue it).
+    force = stage.output.exists() and (record.exists() or not stage.resumes_in_place)
+    resume = False
+    if stage.work is not None and checkpoint_dirs(stage.work):
+        resume = same_start and last_checkpoint(stage.work) is not None
+        force = force or not resume  # checkpoints of other settings: start over
+    return Decision("run", force, resume)
+
+
+def _write_record(stage: Stage, state_dir: Path, cmd: list[str], seconds: float) -> None:
+    atomic_write_text(
+        state_dir / f"{stage.name}.json",
+        json.dumps(
+            {"key": stage.key(), "command": cmd[1:], "seconds": round(seconds, 1)}, indent=2
+        ),
+    )
+    (state_dir / f"{stage.name}.started.json").unlink(missing_ok=True)
+
+
 def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = None) -> str:
     """Run ``stage`` unless it is current; returns "cached" or "ran".
 
@@ -89,14 +173,24 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    if stage_is_current(stage, state_dir):
+    decision = decide(stage, state_dir)
+    if decision.action == "cached":
         print(f"[pipeline] {stage.name}: up to date ({stage.output}), skipped", flush=True)
         return "cached"
-    record = state_dir / f"{stage.name}.json"
-    # An output with a record of other settings is stale: rebuild it. One without a record
-    # was made by hand (rebuild) or is an interrupted in-place run (continue it).
-    force = stage.output.exists() and (record.exists() or not stage.resumes_in_place)
-    cmd = stage.command(force)
+    cmd = stage.command(decision.force, decision.resume)
+    if decision.action == "recover":
+        started = _read_json(state_dir / f"{stage.name}.started.json")
+        _write_record(stage, state_dir, cmd, time.time() - started.get("time", time.time()))
+        print(
+            f"[pipeline] {stage.name}: {stage.output} was completed by the interrupted run; "
+            "recorded",
+            flush=True,
+        )
+        return "cached"
+    atomic_write_text(
+        state_dir / f"{stage.name}.started.json",
+        json.dumps({"key": stage.key(), "output": _identity(stage.output), "time": time.time()}),
+    )
     shown = cmd if stage.launcher else cmd[1:]  # the Python executable's path is noise
     print(f"[pipeline] {stage.name}: {' '.join(shown)}", flush=True)
     log_path = log_dir / f"{stage.name}.log"
@@ -120,11 +214,6 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
             "finished stages are kept"
         )
     seconds = time.time() - start
-    atomic_write_text(
-        state_dir / f"{stage.name}.json",
-        json.dumps(
-            {"key": stage.key(), "command": cmd[1:], "seconds": round(seconds, 1)}, indent=2
-        ),
-    )
+    _write_record(stage, state_dir, cmd, seconds)
     print(f"[pipeline] {stage.name}: done in {seconds:.0f} s", flush=True)
     return "ran"

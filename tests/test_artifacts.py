@@ -102,6 +102,7 @@ def test_cards_have_front_matter(tmp_path):
 
 
 def test_resolve_local_folder_and_offline_error(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_local(tmp_path) == tmp_path
     with pytest.raises(ShortcotError, match="does not exist"):
         resolve_local(tmp_path / "nope")

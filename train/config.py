@@ -142,6 +142,39 @@ class RLConfig:
             raise ShortcotError(
                 "num_generations must be >= 2: group baselines need several rollouts per prompt"
             )
+        if self.max_steps < 1:
+            raise ShortcotError(
+                f"max_steps must be >= 1 (optimizer steps), got {self.max_steps}; "
+                "e.g. max_steps=450"
+            )
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps"):
+            if getattr(self, key) < 1:
+                raise ShortcotError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.steps_per_generation is not None and self.steps_per_generation < 1:
+            raise ShortcotError(
+                f"steps_per_generation must be >= 1, got {self.steps_per_generation}"
+            )
+        batch = self.generation_batch_size()
+        if batch % self.num_generations:
+            raise ShortcotError(
+                f"num_generations {self.num_generations} does not divide the {batch} completions "
+                f"generated at once (per_device_train_batch_size {self.per_device_train_batch_size}"
+                f" x {world_size()} process(es) x "
+                f"{self.steps_per_generation or self.gradient_accumulation_steps} steps per "
+                "generation); make per_device_train_batch_size a multiple of num_generations"
+            )
+
+    def generation_batch_size(self) -> int:
+        """Completions generated at once (TRL's ``generation_batch_size``): whole groups of
+        ``num_generations``, so it must be a multiple of it."""
+        if self.trl.get("generation_batch_size"):
+            return int(self.trl["generation_batch_size"])
+        steps = (
+            self.trl.get("steps_per_generation")
+            or self.steps_per_generation
+            or self.gradient_accumulation_steps
+        )
+        return self.per_device_train_batch_size * world_size() * int(steps)
 
     def to_grpo_kwargs(self) -> dict:
         """Keyword arguments for ``trl.GRPOConfig`` (output_dir is added by the caller)."""
@@ -185,6 +218,31 @@ class RLConfig:
             kw["steps_per_generation"] = self.steps_per_generation
         kw.update(self.trl)
         return kw
+
+
+# Keys that may change when a run is resumed (``--resume``): where things go, how long it
+# runs, how it logs. Any other change makes the checkpoints another run's.
+RESUMABLE_KEYS = (
+    "out",
+    "work_dir",
+    "max_steps",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "report_to",
+    "run_name",
+    "keep_checkpoints",
+)
+
+
+def world_size() -> int:
+    """Training processes (``accelerate launch`` / torchrun set WORLD_SIZE)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 KEY_HELP = """\

@@ -434,6 +434,7 @@ class LengthReward:
         self.last = {
             "correct": correct,
             "formatted": [g.formatted for g in grades],
+            "ungradable": [bool(getattr(g, "ungradable", False)) for g in grades],
             "lengths": lengths,
             "truncated": truncated,
             "group_accuracy": group_acc,
@@ -444,6 +445,7 @@ class LengthReward:
         if log_metric is not None and n:
             log_metric("shortcot/accuracy", sum(correct) / n)
             log_metric("shortcot/format_rate", sum(g.formatted for g in grades) / n)
+            log_metric("shortcot/ungradable_rate", sum(self.last["ungradable"]) / n)
             log_metric("shortcot/truncation_rate", sum(truncated) / n)
             log_metric("shortcot/mean_length", sum(lengths) / n)
         return out

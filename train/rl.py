@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import yaml
 
 from artifacts.config import config_to_dict, load_config
 from artifacts.errors import ShortcotError, run_cli
-from artifacts.outdir import atomic_output_dir, check_output
-from train.config import KEY_HELP, RLConfig
+from artifacts.outdir import atomic_output_dir, check_output, check_writable
+from artifacts.resume import prepare_work_dir
+from train.config import KEY_HELP, RESUMABLE_KEYS, RLConfig
 
 LASER_D_METHODS = ("laser_d", "laser_de")
 
@@ -74,19 +76,32 @@ def template_opens_think(cfg: RLConfig, tokenizer, chat_template_kwargs=None) ->
     return resolve_prompt_opens_think(cfg.prompt_opens_think, render, probe)
 
 
+def grpo_args(cfg: RLConfig, output_dir: str | Path):
+    """TRL's ``GRPOConfig`` for ``cfg``; settings TRL rejects are a one-line error."""
+    from trl import GRPOConfig
+
+    try:
+        return GRPOConfig(output_dir=str(output_dir), **cfg.to_grpo_kwargs())
+    except (TypeError, ValueError) as err:
+        raise ShortcotError(
+            f"TRL rejects these training settings ({' '.join(str(err).split())}); "
+            "fix the key in the recipe or the key=value overrides"
+        ) from err
+
+
 def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
     """Everything from the config to a ready `ShortcotGRPOTrainer` (no training yet)."""
     import random
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig
 
     from artifacts.hub import resolve_local
     from train.rewards import LengthReward
     from train.trainer import ShortcotGRPOTrainer
 
     cfg.validate()
+    args = grpo_args(cfg, output_dir)  # TRL's own checks, before the model is loaded
     model_dir = resolve_local(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
@@ -117,7 +132,6 @@ def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
             target_modules=cfg.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-    args = GRPOConfig(output_dir=str(output_dir), **cfg.to_grpo_kwargs())
     reward.prompt_opens_think = template_opens_think(cfg, tokenizer, args.chat_template_kwargs)
     return ShortcotGRPOTrainer(
         model=model,
@@ -171,19 +185,22 @@ def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
 
 def train(cfg: RLConfig, force: bool = False, resume: bool = False) -> Path:
     """Run one training job; returns the output folder."""
+    from artifacts.hub import resolve_local
+    from evals.grading import get_grader
+
     cfg.validate()
     out = check_output(cfg.out, force)
     work = Path(cfg.work_dir or f"{cfg.out}.work")
-    has_ckpt = work.exists() and any(work.glob("checkpoint-*"))
-    if has_ckpt and not resume and not force:
-        raise ShortcotError(
-            f"{work} holds checkpoints of an earlier run; pass --resume to continue it or --force to start over"
-        )
-    if has_ckpt and force and not resume:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    check_writable(work.parent, "work_dir")
+    get_grader(cfg.reward.grader)  # a wrong grader fails now, not after loading the model
+    with warnings.catch_warnings():  # only a check here; the real run shows TRL's warnings
+        warnings.simplefilter("ignore")
+        grpo_args(cfg, work)
+    resolve_local(cfg.model)  # an empty folder or a typo fails before the work folder exists
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in RESUMABLE_KEYS}
+    last = prepare_work_dir(work, settings, resume=resume, force=force)
     trainer = build_trainer(cfg, work)
-    trainer.train(resume_from_checkpoint=True if (resume and has_ckpt) else None)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     if trainer.accelerator.is_main_process:
         with atomic_output_dir(out, force=force) as tmp:
             save_final(trainer, cfg, tmp)
