@@ -1,4 +1,4 @@
-"""Compressed-CoT distillation (ALGORITHMS.md section 4): build datasets of short,
+"""Compressed-CoT distillation (docs/algorithms.md §4): build datasets of short,
 verified-correct reasoning chains and fine-tune on them.
 
 - `distill.steps`: splitting a completion into its think trace and steps, losslessly.

@@ -1,7 +1,7 @@
 """Answer detectors: which answers does one step of a think trace reach?
 
 Cutting a trace at "the first point where the answer reached is correct" (overthinking
-paper, arXiv 2412.21187; ALGORITHMS.md section 4.2) needs to read candidate answers off
+paper, arXiv 2412.21187; docs/algorithms.md §4.2) needs to read candidate answers off
 the steps of the trace. That is task-specific, so detectors are pluggable by name:
 
 - ``math`` (default): a box anywhere in the step (`evals.grading.boxed_answers`: the

@@ -11,7 +11,7 @@
     python -m distill.build --teacher runs/distill/data.work/samples.jsonl \\
         --strategy step-prune --format jsonl --out runs/distill/pruned
 
-The flow (ALGORITHMS.md section 4): sample (or read) N traces per problem; grade them with
+The flow (docs/algorithms.md §4): sample (or read) N traces per problem; grade them with
 the shared grader under the answer contract (only finished, formatted, correct traces
 enter; a trace that never closes its think block has no answer); apply the strategies of
 `distill.strategies` in the order given; re-verify; write the chat-format dataset, its

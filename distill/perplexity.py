@@ -1,4 +1,4 @@
-"""Model-based step importance for `step_prune` (SPIRIT, ALGORITHMS.md section 4.4).
+"""Model-based step importance for `step_prune` (SPIRIT, docs/algorithms.md §4.4).
 
 A step matters if the model finds the rest of the completion much less likely without
 it. `PerplexityScorer` scores each step by the relative increase in the perplexity of the

@@ -1,10 +1,10 @@
-"""Compression strategies for reasoning chains: pure functions on traces (ALGORITHMS.md s. 4).
+"""Compression strategies for reasoning chains: pure functions on traces (docs/algorithms.md §4).
 
 Each strategy takes the surviving traces of one problem and returns a `StageResult`: the
 traces it keeps (possibly rewritten, shorter) and a reason for each one it drops. They
 compose: `run_pipeline` grades the raw samples (only verified-correct, finished,
-well-formatted traces enter, ALGORITHMS.md s. 4 "in every case keep only verified-correct
-outputs"), applies the strategies in the order given, and re-verifies what comes out.
+well-formatted traces enter: docs/algorithms.md §4, the rule every strategy shares),
+applies the strategies in the order given, and re-verifies what comes out.
 
 - `shortest_correct`: Self-Training Elicits Concise Reasoning (arXiv 2502.20122): of N
   sampled chains keep the shortest correct one; optionally only when it is at most
@@ -14,7 +14,7 @@ outputs"), applies the strategies in the order given, and re-verifies what comes
   on the correct answer (`round_ends`), optionally keep one verification (the next round
   that states an answer again, only when it confirms that answer), close the trace, keep
   the final answer, re-verify.
-- `step_prune`: SPIRIT-style step pruning (ALGORITHMS.md s. 4.4): drop redundant steps
+- `step_prune`: SPIRIT-style step pruning (docs/algorithms.md §4.4): drop redundant steps
   (verbatim restatements, and re-checks that state nothing new and correct nothing,
   `redundant_steps`) one by one, each drop kept
   only while the trace still reaches the correct answer and the completion still grades

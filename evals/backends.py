@@ -6,7 +6,7 @@ Two backends share one interface (`Backend`):
   KV cache. Prompts are sorted by length before batching so little padding is computed,
   and rows that have finished leave the batch every ``EVICT_EVERY`` tokens.
 - ``"vllm"``: vLLM's offline ``LLM.generate`` (the engine the papers evaluate with,
-  ALGORITHMS.md section 5). vLLM is an optional extra (``pip install shortcot[vllm]``) and
+  docs/algorithms.md §5). vLLM is an optional extra (``pip install shortcot[vllm]``) and
   is imported only when this backend is asked for.
 
 Sampling is seeded per sample, not per batch: sample ``k`` of a prompt draws from its own

@@ -6,7 +6,7 @@
     load_problems("math500", limit=50)                         # preset, loaded from the Hub
 
 Presets carry their Hub id, config, split and column mapping (the benchmarks of
-ALGORITHMS.md section 5). They are downloaded only when named, through
+docs/algorithms.md §5). They are downloaded only when named, through
 ``datasets.load_dataset`` (which honours ``HF_HUB_OFFLINE`` and its cache); without
 network and cache the error says so in one line. Columns called ``difficulty`` or
 ``level`` become `Problem.difficulty` without being asked.

@@ -1,7 +1,7 @@
 """The grader: what "correct" means, shared by evaluation, RL rewards and dataset building.
 
 A grader is a plain function ``grade(completion, reference) -> Grade``. The default,
-`math_grade`, follows the protocol of DLER / Laser (ALGORITHMS.md sections 1, 3, 5): the
+`math_grade`, follows the protocol of DLER / Laser (docs/algorithms.md §5.4): the
 final answer is what follows ``</think>`` (or the whole completion for models without a
 think block), its last ``\\boxed{...}`` is extracted and checked against the reference with
 math-verify. Whether a completion was truncated is decided by the caller from token ids (no

@@ -1,6 +1,6 @@
 """Metrics of an evaluation: accuracy against tokens (pure functions on plain lists).
 
-The protocol is that of DLER / Laser (ALGORITHMS.md section 5): K samples per problem,
+The protocol is that of DLER / Laser (docs/algorithms.md §5): K samples per problem,
 pass@1 averaged over the samples, and the number of generated tokens. Inference-time
 baselines (majority vote, DLER's test-time scaling comparison) are reported with the
 tokens they spend, so that accuracy can be compared at an equal token budget.
@@ -44,7 +44,7 @@ def pass_at_1(correct_by_problem: Sequence[Sequence[bool]]) -> tuple[float | Non
     """pass@1 averaged over K samples per problem, and its standard error.
 
     Each problem's score is its fraction of correct samples ``p_i = c_i / K_i``; pass@1 is
-    ``mean_i p_i`` (ALGORITHMS.md section 5). The standard error is taken over problems,
+    ``mean_i p_i`` (docs/algorithms.md §5.1). The standard error is taken over problems,
     treating the benchmark's problems as the sample of interest:
     ``s.e. = std(p_i, ddof=1) / sqrt(P)`` (the standard error of the mean of the
     per-problem scores, as recommended by Miller 2024, "Adding Error Bars to Evals", for

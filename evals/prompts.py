@@ -1,7 +1,7 @@
 """Prompt formatting shared by evaluation, RL training and dataset building.
 
-The default instruction is the one DLER trains and evaluates with (ALGORITHMS.md
-section 1: the DeepSeek-R1 template + "Let's think step by step and output the final
+The default instruction is the one DLER trains and evaluates with (docs/algorithms.md
+§5.4: the DeepSeek-R1 template + "Let's think step by step and output the final
 answer within \\boxed{}."). The CPU testbed model is trained on exactly this format, so
 the same defaults work on it and on real reasoning models.
 """

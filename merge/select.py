@@ -1,6 +1,6 @@
 """Exact magnitude selection: which entries of a delta to keep (pure functions on tensors).
 
-DLER (arXiv 2510.15110) section 4.6, spec in ALGORITHMS.md section 2:
+DLER (arXiv 2510.15110) section 4.6, spec in docs/algorithms.md §2:
 
     D = W_tuned - W_base            (float32)
     keep = the top `density` fraction of |D|

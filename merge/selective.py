@@ -1,4 +1,4 @@
-"""Magnitude-selective merging (DLER, arXiv 2510.15110, section 4.6; ALGORITHMS.md section 2).
+"""Magnitude-selective merging (DLER, arXiv 2510.15110, section 4.6; docs/algorithms.md §2).
 
 Merge a concise RL-tuned model back into its base, keeping only its largest updates::
 

@@ -53,7 +53,7 @@ def test_truncation_reward_paper_and_code():
 
 
 def test_laser_values():
-    # ALGORITHMS.md: 1.5 correct & short, 1.0 correct & long, -0.5 wrong, -1 malformed
+    # docs/algorithms.md §3.2: 1.5 correct & short, 1.0 correct & long, -0.5 wrong, -1 malformed
     assert laser_reward(1.0, True, 100, 100) == 1.5  # L <= L_T counts as within
     assert laser_reward(1.0, True, 101, 100) == 1.0
     assert laser_reward(-0.5, False, 10, 100) == -0.5

@@ -1,5 +1,5 @@
 """Every recipe in configs/train loads into RLConfig, and the GPU recipes carry the papers'
-values (ALGORITHMS.md sections 1 and 3)."""
+values (docs/algorithms.md §1 and §3)."""
 
 from __future__ import annotations
 

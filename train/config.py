@@ -5,7 +5,7 @@ The fields mirror TRL's ``GRPOConfig`` names where they map to it one to one (se
 `to_grpo_kwargs`), so a TRL user reads them without a glossary; anything else of
 ``GRPOConfig`` can be set through ``trl``.
 
-How the DLER / Laser optimiser settings map onto TRL 1.16 (ALGORITHMS.md section 1, part 3):
+How the DLER / Laser optimiser settings map onto TRL 1.16 (docs/algorithms.md §1.3):
 
 * clip-higher: ``epsilon`` (low, 0.2) and ``epsilon_high`` (0.28);
 * dual-clip c = 10: TRL's ``delta`` caps the ratio at ``delta`` inside

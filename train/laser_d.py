@@ -1,5 +1,5 @@
 """LASER-D's adaptive length targets (Laser, arXiv 2505.15612, section 4.2, Eq. 4-5;
-ALGORITHMS.md section 3).
+docs/algorithms.md §3.3).
 
 1. Difficulty buckets from each prompt's accuracy over its own K rollouts: easy >= 2/3,
    medium in [1/3, 2/3), hard < 1/3 (`bucket_of`).

@@ -2,7 +2,7 @@
 
 Sources: DLER (arXiv 2510.15110, section 3.1: truncation penalty), Laser (arXiv 2505.15612,
 section 3, Eq. 1 and Table 1: the unified form, LASER, LASER-D, LASER-DE and the baselines
-L1-Exact / L1-Max, Kimi-1.5, Arora & Zanette), see ALGORITHMS.md sections 1 and 3.
+L1-Exact / L1-Max, Kimi-1.5, Arora & Zanette), see docs/algorithms.md §1.1 and §3.
 
 Two layers:
 

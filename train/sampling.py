@@ -1,5 +1,5 @@
-"""Dynamic sampling (DAPO, arXiv 2503.14476, section 3.2; DLER section 3.4, ALGORITHMS.md
-section 1 part 4): drop every prompt whose G rollouts all have the same reward (its
+"""Dynamic sampling (DAPO, arXiv 2503.14476, section 3.2; DLER section 3.4, docs/algorithms.md
+§1.4): drop every prompt whose G rollouts all have the same reward (its
 group-relative advantage is zero, so it only dilutes the batch), and generate more prompts
 until the batch holds the wanted number of informative groups.
 
