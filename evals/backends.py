@@ -207,6 +207,20 @@ def _eos_ids(tokenizer, generation_config) -> set[int]:
 EVICT_EVERY = 16
 
 
+def _cache_kwarg() -> str:
+    """The name under which ``generate`` takes (and returns) the KV cache: ``cache`` since
+    transformers renamed it (its output dataclass has a ``cache`` field), else
+    ``past_key_values``. The old name still works but warns on every chunk that it goes away
+    in transformers 6; this keeps the backend right across the whole ``transformers>=5`` range.
+    """
+    import dataclasses
+
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    names = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
+    return "cache" if "cache" in names else "past_key_values"
+
+
 def _can_evict(cache) -> bool:
     """Whether rows can be dropped from this KV cache (dynamic caches: yes; static and
     linear-attention layers of transformers 5 do not implement ``batch_select_indices``)."""
@@ -347,6 +361,7 @@ class HFBackend(Backend):
             top_k=50,
             repetition_penalty=1.0,
         )
+        cache_kw = _cache_kwarg()
         chunk = EVICT_EVERY
         left = params.max_new_tokens
         while left > 0:
@@ -355,9 +370,9 @@ class HFBackend(Backend):
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    past_key_values=cache,
                     generation_config=gen_cfg,
                     logits_processor=processors,
+                    **{cache_kw: cache},
                 )
             new = out.sequences[:, ids.shape[1] :]
             left -= new.shape[1]
@@ -371,7 +386,7 @@ class HFBackend(Backend):
                 break
             ids = out.sequences
             mask = torch.cat([mask, torch.ones_like(new)], dim=1)
-            cache = out.past_key_values
+            cache = getattr(out, cache_kw)
             if len(keep) == len(alive):
                 continue
             if not _can_evict(cache):
