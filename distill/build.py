@@ -51,6 +51,7 @@ from distill.teacher import (
     read_traces,
     sample_teacher,
 )
+from evals.backends import EngineOptions, add_engine_arguments
 from evals.grading import get_grader
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 
@@ -78,6 +79,11 @@ class BuildConfig:
     dtype: str | None = None
     chunk_size: int = 64
     work_dir: str | None = None
+    # vllm over several GPUs (evals.backends.EngineOptions)
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
     # data
     split: str | None = None
     limit: int | None = None
@@ -139,6 +145,7 @@ def build(cfg: BuildConfig) -> dict:
     if cfg.prune_scorer not in ("rules", "perplexity"):
         raise ShortcotError(f"unknown --prune-scorer {cfg.prune_scorer!r}; use rules or perplexity")
     check_output(cfg.out, cfg.force)  # fail before hours of sampling, not after
+    EngineOptions.from_config(cfg).validate(cfg.backend)
     grader = get_grader(cfg.grader)
     detector = get_detector(cfg.detector)
     teacher_path = Path(cfg.teacher).expanduser()
@@ -166,8 +173,9 @@ def build(cfg: BuildConfig) -> dict:
 
         model_dir = resolve_local(cfg.teacher)
         backend = load_backend(
-            cfg.backend, model_dir, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
-        )
+            cfg.backend, model_dir, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+            engine=EngineOptions.from_config(cfg),
+        )  # fmt: skip
         tokenizer = _load_tokenizer(cfg.tokenizer) if cfg.tokenizer else backend.tokenizer
         params = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
@@ -181,7 +189,7 @@ def build(cfg: BuildConfig) -> dict:
             backend, list(problems.values()), params, work_dir, cfg.teacher,
             template=cfg.prompt_template, chunk_size=cfg.chunk_size,
         )  # fmt: skip
-        del backend
+        del backend  # also stops vLLM data-parallel replicas
         wanted = set(problems)
         problems, raw, unparsable = read_traces(samples_path, problems)
         raw = {k: v for k, v in raw.items() if k in wanted}
@@ -375,6 +383,7 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         default=d.work_dir,
         help="where raw samples are appended for resume (default: OUT.work)",
     )
+    add_engine_arguments(g)
     g = p.add_argument_group("data")
     g.add_argument("--split", default=d.split, help="split of a datasets folder or Hub dataset")
     g.add_argument("--limit", type=int, default=d.limit, help="use only the first N problems")

@@ -36,7 +36,15 @@ from pathlib import Path
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.jsonl import JsonlAppender, read_jsonl
 from artifacts.outdir import atomic_write_text
-from evals.backends import Backend, Completion, Request, SamplingParams, load_backend
+from evals.backends import (
+    Backend,
+    Completion,
+    EngineOptions,
+    Request,
+    SamplingParams,
+    add_engine_arguments,
+    load_backend,
+)
 from evals.budget import DEFAULT_CUE, find_subsequence, generate_with_budget
 from evals.data import Problem, load_problems
 from evals.grading import get_grader
@@ -77,6 +85,11 @@ class EvalConfig:
     vote: int | None = None  # majority vote over K samples
     force: bool = False  # delete an existing --out and start over
     progress: bool = True
+    # vllm over several GPUs (evals.backends.EngineOptions); samples do not depend on them
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
 
 
 # Settings that change what a sample is; a folder's samples must agree on all of them.
@@ -122,6 +135,7 @@ def validate(cfg: EvalConfig) -> None:
         )
     if cfg.backend not in ("hf", "vllm"):
         raise ShortcotError(f"unknown --backend {cfg.backend!r}; use hf or vllm")
+    EngineOptions.from_config(cfg).validate(cfg.backend)
 
 
 def _canonical(ref: str) -> str:
@@ -329,8 +343,9 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
 
     if pending:
         backend = backend or load_backend(
-            cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
-        )
+            cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+            engine=EngineOptions.from_config(cfg),
+        )  # fmt: skip
         close_ids = backend.encode("</think>")
         prompts: dict[str, tuple[list[int], bool]] = {}
         for p, _ in pending:
@@ -513,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also report majority vote over K samples (needs --samples >= K) "
         "with the tokens it spends",
     )
+    add_engine_arguments(p)
     a("--force", action="store_true", help="delete an existing --out and start over")
     a("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     a(
