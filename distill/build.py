@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from artifacts.cards import write_dataset_card
+from artifacts.cards import public_ref, write_dataset_card
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output
 from distill.answers import bind_detector, get_detector
@@ -267,7 +267,7 @@ def build(cfg: BuildConfig) -> dict:
             tmp,
             title=f"Compressed reasoning chains ({strategy_name})",
             summary=(
-                f"{len(rows)} verified-correct reasoning chains from `{cfg.teacher}`, compressed with "
+                f"{len(rows)} verified-correct reasoning chains from `{public_ref(cfg.teacher)}`, compressed with "
                 f"`{strategy_name}` (shortcot `distill.build`). Chat format (`messages`), ready for TRL's "
                 "SFTTrainer; per-example original and compressed token counts are columns."
             ),

@@ -164,6 +164,7 @@ def test_build_resumes_after_interruption(
     )
     assert json.loads((out / "summary.json").read_text()) == summary
     assert "Compressed reasoning chains" in (out / "README.md").read_text()
+    assert str(tmp_path) not in (out / "README.md").read_text()  # no local absolute paths
 
     # Same work folder, other sampling settings: refused rather than mixed.
     with pytest.raises(ShortcotError, match="other settings"):
