@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from artifacts.cards import write_dataset_card
+from artifacts.cards import public_ref, write_dataset_card
 from artifacts.config import read_yaml_mapping
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output
@@ -55,6 +55,7 @@ from distill.teacher import (
     read_traces,
     sample_teacher,
 )
+from evals.backends import EngineOptions, add_engine_arguments
 from evals.grading import (
     PROBE_PROBLEM,
     PROMPT_OPENS_THINK,
@@ -88,6 +89,11 @@ class BuildConfig:
     device: str | None = None
     dtype: str | None = None
     work_dir: str | None = None
+    # vllm over several GPUs (evals.backends.EngineOptions)
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
     # data
     split: str | None = None
     limit: int | None = None
@@ -131,9 +137,12 @@ def _load_tokenizer(path: str):
 def teacher_eval_config(cfg: BuildConfig, work_dir: Path):
     """The `evals.run.EvalConfig` that samples a model teacher into ``work_dir``: the same
     problems, prompt (template and system prompt), sampling settings, grader and answer
-    contract as the build."""
+    contract as the build, and the vLLM engine options (`evals.backends.EngineOptions`)."""
+    import dataclasses
+
     from evals.run import EvalConfig
 
+    engine = dataclasses.asdict(EngineOptions.from_config(cfg))
     return EvalConfig(
         model=cfg.teacher,
         data=cfg.data,
@@ -156,6 +165,7 @@ def teacher_eval_config(cfg: BuildConfig, work_dir: Path):
         dtype=cfg.dtype,
         device=cfg.device,
         prompt_opens_think=cfg.prompt_opens_think,
+        **engine,
     )
 
 
@@ -208,6 +218,7 @@ def build(cfg: BuildConfig) -> dict:
             f"--prompt-opens-think must be auto, yes or no, got {cfg.prompt_opens_think!r}"
         )
     check_output(cfg.out, cfg.force)  # fail before hours of sampling, not after
+    EngineOptions.from_config(cfg).validate(cfg.backend)
     grader = get_grader(cfg.grader)
     detector = get_detector(cfg.detector)
     teacher_path = Path(cfg.teacher).expanduser()
@@ -324,7 +335,7 @@ def build(cfg: BuildConfig) -> dict:
             tmp,
             title=f"Compressed reasoning chains ({strategy_name})",
             summary=(
-                f"{len(rows)} verified-correct reasoning chains from `{cfg.teacher}`, compressed with "
+                f"{len(rows)} verified-correct reasoning chains from `{public_ref(cfg.teacher)}`, compressed with "
                 f"`{strategy_name}` (shortcot `distill.build`). Chat format (`messages`), ready for TRL's "
                 "SFTTrainer; per-example original and compressed token counts are columns."
             ),
@@ -425,6 +436,7 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         help="where the teacher's samples are written, an evals.run folder that resumes "
         "(default: OUT.work)",
     )
+    add_engine_arguments(g)
     g = p.add_argument_group("data")
     g.add_argument("--split", default=d.split, help="split of a datasets folder or Hub dataset")
     g.add_argument("--limit", type=int, default=d.limit, help="use only the first N problems")

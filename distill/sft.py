@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from artifacts.cards import write_model_card
+from artifacts.cards import hub_id, public_ref, write_model_card
 from artifacts.config import load_config
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output, check_writable
@@ -221,15 +221,16 @@ def train(
         (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
         write_model_card(
             tmp,
-            title=f"{Path(r.student).name} distilled on compressed chains of thought",
+            title=f"{Path(public_ref(r.student)).name} distilled on compressed chains of thought",
             summary=(
-                f"`{r.student}` fine-tuned with TRL's SFTTrainer on `{r.data}` "
+                f"`{public_ref(r.student)}` fine-tuned with TRL's SFTTrainer on `{public_ref(r.data)}` "
                 f"({len(dataset)} examples; {'LoRA adapter' if adapter else 'LoRA merged' if r.lora else 'full fine-tuning'}; "
                 f"loss on the assistant turn: {mode}). Final train loss {result.training_loss:.4f} after "
                 f"{result.global_step} steps."
             ),
             recipe=recipe,
-            base_model=r.student if "/" in r.student and not Path(r.student).exists() else None,
+            base_model=hub_id(r.student),
+            base_model_relation="adapter" if adapter else "finetune",
             tags=["distillation", "sft", *(["lora"] if r.lora else [])],
             library_name="peft" if adapter else "transformers",
         )

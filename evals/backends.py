@@ -7,7 +7,9 @@ Two backends share one interface (`Backend`):
   and rows that have finished leave the batch every ``EVICT_EVERY`` tokens.
 - ``"vllm"``: vLLM's offline ``LLM.generate`` (the engine the papers evaluate with,
   docs/algorithms.md §5). vLLM is an optional extra (``pip install shortcot[vllm]``) and
-  is imported only when this backend is asked for.
+  is imported only when this backend is asked for. `EngineOptions` spread it over GPUs:
+  tensor parallelism inside one engine, data parallelism as one engine process per GPU set
+  (`ReplicaPool`).
 
 Sampling is seeded per sample, not per batch: sample ``k`` of a prompt draws from its own
 random generator seeded by ``(seed, prompt token ids, k)`` (`sample_seed`). A sample is
@@ -25,6 +27,7 @@ end-of-sequence token within ``max_new_tokens``, never from its text.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -180,6 +183,9 @@ class Backend:
         """One completion per request, in order (``params.n`` is ignored here)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the backend holds beyond its memory (vLLM replica processes)."""
+
     def generate(
         self, messages: list[list[dict]], params: SamplingParams, progress: bool = True
     ) -> list[list[Completion]]:
@@ -205,6 +211,20 @@ def _eos_ids(tokenizer, generation_config) -> set[int]:
 # Tokens generated per ``generate`` call before finished rows leave the batch (HFBackend).
 # Small enough that little work is spent on finished rows; each call costs a few ms of setup.
 EVICT_EVERY = 16
+
+
+def _cache_kwarg() -> str:
+    """The name under which ``generate`` takes (and returns) the KV cache: ``cache`` since
+    transformers renamed it (its output dataclass has a ``cache`` field), else
+    ``past_key_values``. The old name still works but warns on every chunk that it goes away
+    in transformers 6; this keeps the backend right across the whole ``transformers>=5`` range.
+    """
+    import dataclasses
+
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    names = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
+    return "cache" if "cache" in names else "past_key_values"
 
 
 def _can_evict(cache) -> bool:
@@ -347,6 +367,7 @@ class HFBackend(Backend):
             top_k=50,
             repetition_penalty=1.0,
         )
+        cache_kw = _cache_kwarg()
         chunk = EVICT_EVERY
         left = params.max_new_tokens
         while left > 0:
@@ -355,9 +376,9 @@ class HFBackend(Backend):
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    past_key_values=cache,
                     generation_config=gen_cfg,
                     logits_processor=processors,
+                    **{cache_kw: cache},
                 )
             new = out.sequences[:, ids.shape[1] :]
             left -= new.shape[1]
@@ -371,7 +392,7 @@ class HFBackend(Backend):
                 break
             ids = out.sequences
             mask = torch.cat([mask, torch.ones_like(new)], dim=1)
-            cache = out.past_key_values
+            cache = getattr(out, cache_kw)
             if len(keep) == len(alive):
                 continue
             if not _can_evict(cache):
@@ -411,15 +432,244 @@ class HFBackend(Backend):
         return results  # type: ignore[return-value]
 
 
+@dataclass
+class EngineOptions:
+    """How the vLLM engine spreads over GPUs (the vLLM CLI's names; ``--backend vllm`` only).
+
+    tensor_parallel_size:   GPUs one model copy is split over (vLLM's own tensor parallelism).
+    data_parallel_size:     independent model copies, each on its own ``tensor_parallel_size``
+                            GPUs, each generating a share of the requests. Samples are seeded
+                            per request, so the completions do not depend on it.
+    gpu_memory_utilization: fraction of each GPU's memory vLLM may take (weights + KV cache).
+    max_model_len:          context length the engine reserves KV cache for (prompt +
+                            completion); None = the model's own maximum, which for long-context
+                            models can leave too little memory for a useful KV cache.
+    """
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> EngineOptions:
+        """The options of any config object with these field names (``EvalConfig``,
+        ``BuildConfig``); fields it lacks keep their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None})
+
+    def validate(self, backend: str = "vllm") -> None:
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ShortcotError(
+                    f"--{name.replace('_', '-')} must be an integer >= 1, got {value}"
+                )
+            if backend != "vllm" and value > 1:
+                raise ShortcotError(
+                    f"--{name.replace('_', '-')} {value} needs --backend vllm; the {backend} "
+                    "backend runs one model copy on one device"
+                )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ShortcotError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ShortcotError(f"--max-model-len must be >= 1, got {self.max_model_len}")
+
+    def llm_kwargs(self) -> dict:
+        """Keyword arguments of ``vllm.LLM`` for one model copy."""
+        kw = {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+        }
+        if self.max_model_len is not None:
+            kw["max_model_len"] = self.max_model_len
+        return kw
+
+
+def add_engine_arguments(parser) -> None:
+    """The `EngineOptions` flags, for every command that can sample with ``--backend vllm``
+    (one definition, so ``evals.run`` and ``distill.build`` spell and document them alike)."""
+    d = EngineOptions()
+    a = parser.add_argument
+    a(
+        "--tensor-parallel-size",
+        type=int,
+        default=d.tensor_parallel_size,
+        help="vllm: GPUs one model copy is split over",
+    )
+    a(
+        "--data-parallel-size",
+        type=int,
+        default=d.data_parallel_size,
+        help="vllm: model copies, each on its own --tensor-parallel-size GPUs (of "
+        "CUDA_VISIBLE_DEVICES), each generating a share of the samples; results do not depend on it",
+    )
+    a(
+        "--gpu-memory-utilization",
+        type=float,
+        default=d.gpu_memory_utilization,
+        help="vllm: fraction of each GPU's memory the engine may use",
+    )
+    a(
+        "--max-model-len",
+        type=int,
+        default=d.max_model_len,
+        help="vllm: context length to reserve KV cache for (longest prompt + --max-new-tokens); "
+        "default: the model's maximum",
+    )
+
+
+def _vllm_generate(llm, payload: list[tuple[list[int], dict]], progress: bool) -> list[tuple]:
+    """Run ``llm.generate`` on (prompt ids, sampling kwargs) pairs; returns (token ids,
+    finish reason, stop reason) per request. Plain data in and out, so that a replica in
+    another process runs exactly the code the in-process engine runs."""
+    import vllm
+
+    prompts = [{"prompt_token_ids": ids} for ids, _ in payload]
+    sampling = [vllm.SamplingParams(**kw) for _, kw in payload]
+    outputs = llm.generate(prompts, sampling_params=sampling, use_tqdm=progress)
+    result = []
+    for out in outputs:
+        o = out.outputs[0]
+        stop = o.stop_reason if isinstance(o.stop_reason, int) else None
+        result.append((list(o.token_ids), o.finish_reason, stop))
+    return result
+
+
+def _replica_main(conn, llm_kwargs: dict, gpus: str) -> None:
+    """One data-parallel replica (a spawned process): pin its GPUs before vLLM is imported,
+    load the model, then answer generation requests on ``conn`` until told to stop (None) or
+    the parent goes away (EOF)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    try:
+        import vllm
+
+        llm = vllm.LLM(**llm_kwargs)
+    except Exception as err:  # reported to the parent as one line
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        try:
+            conn.send(("ok", _vllm_generate(llm, *msg)))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else all of them."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _stop_replicas(conns, procs) -> None:
+    for conn in conns:
+        try:
+            conn.send(None)
+            conn.close()
+        except (OSError, ValueError):
+            pass
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.terminate()
+            p.join()
+
+
+class ReplicaPool:
+    """``data_parallel_size`` vLLM engines, one process each, on disjoint GPU sets.
+
+    Why processes: a vLLM engine takes the GPUs its process sees, and which GPUs a process
+    sees is fixed before CUDA starts, so each copy needs its own process with its own
+    ``CUDA_VISIBLE_DEVICES`` (vLLM's offline data-parallel example does the same). Requests
+    are dealt round robin (callers sort them by length, so every replica gets a similar mix)
+    and the results are put back in request order. The processes stay up between calls
+    (the model loads once) and stop when the pool is closed or garbage-collected.
+    """
+
+    def __init__(self, llm_kwargs: dict, data_parallel_size: int, tensor_parallel_size: int):
+        import multiprocessing
+        import weakref
+
+        gpus = visible_gpus()
+        need = data_parallel_size * tensor_parallel_size
+        if len(gpus) < need:
+            raise ShortcotError(
+                f"--data-parallel-size {data_parallel_size} x --tensor-parallel-size "
+                f"{tensor_parallel_size} needs {need} GPUs, {len(gpus)} visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); lower them"
+            )
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self.conns, self.procs, self.gpus = [], [], []
+        for r in range(data_parallel_size):
+            share = ",".join(gpus[r * tensor_parallel_size : (r + 1) * tensor_parallel_size])
+            parent, child = ctx.Pipe()
+            # Not daemonic: vLLM's engine starts processes of its own.
+            proc = ctx.Process(target=_replica_main, args=(child, llm_kwargs, share))
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+            self.gpus.append(share)
+        self._finalizer = weakref.finalize(self, _stop_replicas, self.conns, self.procs)
+        for r, conn in enumerate(self.conns):
+            self._receive(r, conn, "loading the model")
+
+    def _receive(self, rank: int, conn, doing: str):
+        try:
+            status, value = conn.recv()
+        except EOFError:
+            status, value = "error", f"the process exited (code {self.procs[rank].exitcode})"
+        if status == "error":
+            self.close()
+            raise ShortcotError(
+                f"vLLM replica {rank} (GPUs {self.gpus[rank]}) failed {doing}: {value}"
+            )
+        return value
+
+    def generate(self, payload: list[tuple[list[int], dict]], progress: bool) -> list[tuple]:
+        n = len(self.conns)
+        for r, conn in enumerate(self.conns):
+            conn.send((payload[r::n], progress and r == 0))
+        shares = [self._receive(r, c, "generating") for r, c in enumerate(self.conns)]
+        result: list = [None] * len(payload)
+        for r, share in enumerate(shares):
+            result[r::n] = share
+        return result
+
+    def close(self) -> None:
+        self._finalizer()
+
+
 class VLLMBackend(Backend):
     """vLLM offline inference (optional extra). ``batch_size`` is unused: vLLM schedules
-    sequences itself; callers that checkpoint per chunk decide the chunk size."""
+    sequences itself; callers that checkpoint per chunk decide the chunk size.
+    ``engine`` spreads it over GPUs (`EngineOptions`)."""
 
     name = "vllm"
 
     def __init__(
-        self, model: str, batch_size: int = 32, device: str | None = None, dtype: str | None = None
+        self,
+        model: str,
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: str | None = None,
+        engine: EngineOptions | None = None,
     ):
+        engine = engine or EngineOptions()
+        engine.validate("vllm")
         try:
             import vllm
         except ImportError as err:
@@ -434,6 +684,7 @@ class VLLMBackend(Backend):
         path = resolve_local(model)
         self.model_path = path
         self.batch_size = batch_size
+        self.engine = engine
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if device not in (None, "cuda"):
             # Recent vLLM picks its device from the platform; GPUs via CUDA_VISIBLE_DEVICES.
@@ -441,7 +692,15 @@ class VLLMBackend(Backend):
                 f"the vllm backend runs on the GPU (got --device {device}); choose GPUs with "
                 "CUDA_VISIBLE_DEVICES, or use --backend hf for other devices"
             )
-        self.llm = vllm.LLM(model=str(path), dtype=dtype or "auto", seed=0)
+        llm_kwargs = {"model": str(path), "dtype": dtype or "auto", "seed": 0}
+        llm_kwargs.update(engine.llm_kwargs())
+        self.llm = self.replicas = None
+        if engine.data_parallel_size == 1:
+            self.llm = vllm.LLM(**llm_kwargs)
+        else:
+            self.replicas = ReplicaPool(
+                llm_kwargs, engine.data_parallel_size, engine.tensor_parallel_size
+            )
         from transformers import GenerationConfig
 
         try:
@@ -453,34 +712,48 @@ class VLLMBackend(Backend):
     def generate_requests(
         self, requests: list[Request], params: SamplingParams, progress: bool = True
     ) -> list[Completion]:
-        import vllm
-
         params.validate()
-        sampling = [
-            vllm.SamplingParams(
-                n=1,
-                temperature=params.temperature,
-                top_p=params.top_p if params.temperature > 0 else 1.0,
-                max_tokens=params.max_new_tokens,
-                seed=sample_seed(params.seed, r.prompt_ids, r.sample_index),
-                stop_token_ids=sorted(self.eos_token_ids),
-                skip_special_tokens=True,
+        limit = self.engine.max_model_len
+        longest = max((len(r.prompt_ids) for r in requests), default=0)
+        if limit is not None and longest + params.max_new_tokens > limit:
+            # vLLM would refuse the request or cut it at the context end, which would count
+            # as a truncated completion that the token limit did not cause.
+            raise ShortcotError(
+                f"a prompt of {longest} tokens plus --max-new-tokens {params.max_new_tokens} "
+                f"exceeds --max-model-len {limit}; raise --max-model-len or lower --max-new-tokens"
+            )
+        payload = [
+            (
+                r.prompt_ids,
+                dict(
+                    n=1,
+                    temperature=params.temperature,
+                    top_p=params.top_p if params.temperature > 0 else 1.0,
+                    max_tokens=params.max_new_tokens,
+                    seed=sample_seed(params.seed, r.prompt_ids, r.sample_index),
+                    stop_token_ids=sorted(self.eos_token_ids),
+                    skip_special_tokens=True,
+                ),
             )
             for r in requests
         ]
-        prompts = [{"prompt_token_ids": r.prompt_ids} for r in requests]
-        outputs = self.llm.generate(prompts, sampling_params=sampling, use_tqdm=progress)
+        if self.replicas is not None:
+            outputs = self.replicas.generate(payload, progress)
+        else:
+            outputs = _vllm_generate(self.llm, payload, progress)
         completions = []
-        for out in outputs:
-            o = out.outputs[0]
-            ids = list(o.token_ids)
-            finished = o.finish_reason == "stop"
+        for ids, reason, stop in outputs:
+            finished = reason == "stop"
             if finished and (not ids or ids[-1] not in self.eos_token_ids):
                 # vLLM may leave the stop token out of token_ids; count it like the HF backend.
-                stop = o.stop_reason if isinstance(o.stop_reason, int) else min(self.eos_token_ids)
-                ids.append(stop)
+                ids.append(stop if stop is not None else min(self.eos_token_ids))
             completions.append(Completion(self.decode(ids), ids, finished))
         return completions
+
+    def close(self) -> None:
+        """Stop the data-parallel replicas (a no-op for one in-process engine)."""
+        if self.replicas is not None:
+            self.replicas.close()
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
@@ -493,8 +766,16 @@ def load_backend(
     batch_size: int = 32,
     device: str | None = None,
     dtype: str | None = None,
+    engine: EngineOptions | None = None,
 ) -> Backend:
-    """Load ``model`` (local folder or Hub id) into the backend called ``name`` (hf | vllm)."""
+    """Load ``model`` (local folder or Hub id) into the backend called ``name`` (hf | vllm).
+    ``engine``: how vLLM spreads over GPUs; with ``hf`` only the defaults (one device) are
+    accepted, so a multi-GPU setting is never silently ignored."""
     if name not in BACKENDS:
         raise ShortcotError(f"unknown backend {name!r}; use one of {sorted(BACKENDS)}")
+    if name == "vllm":
+        return VLLMBackend(
+            str(model), batch_size=batch_size, device=device, dtype=dtype, engine=engine
+        )
+    (engine or EngineOptions()).validate(name)
     return BACKENDS[name](str(model), batch_size=batch_size, device=device, dtype=dtype)

@@ -55,7 +55,15 @@ from artifacts.outdir import (
     owner_record,
     remove_stale_temporaries,
 )
-from evals.backends import Backend, Completion, Request, SamplingParams, load_backend
+from evals.backends import (
+    Backend,
+    Completion,
+    EngineOptions,
+    Request,
+    SamplingParams,
+    add_engine_arguments,
+    load_backend,
+)
 from evals.budget import DEFAULT_CUE, find_subsequence, generate_with_budget
 from evals.data import Problem, load_problems
 from evals.grading import (
@@ -105,6 +113,11 @@ class EvalConfig:
     prompt_opens_think: str = "auto"  # auto (read the chat template) | yes | no
     force: bool = False  # delete an existing --out and start over
     progress: bool = True
+    # vllm over several GPUs (evals.backends.EngineOptions); samples do not depend on them
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
 
 
 # Settings that change what a sample is; a folder's samples must agree on all of them.
@@ -155,6 +168,7 @@ def validate(cfg: EvalConfig) -> None:
         raise ShortcotError(
             f"--prompt-opens-think must be auto, yes or no, got {cfg.prompt_opens_think!r}"
         )
+    EngineOptions.from_config(cfg).validate(cfg.backend)
 
 
 def _canonical(ref: str) -> str:
@@ -452,8 +466,9 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict:
         write_settings()
     else:
         backend = backend or load_backend(
-            cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype
-        )
+            cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+            engine=EngineOptions.from_config(cfg),
+        )  # fmt: skip
         write_settings()
         close_ids = backend.encode(THINK_CLOSE)
         # R1-style templates open the think block in the prompt itself (the answer contract).
@@ -649,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes </think> has no answer. auto: render the generation prompt and check whether it "
         "ends with an unclosed <think>",
     )
+    add_engine_arguments(p)
     a("--force", action="store_true", help="delete an existing --out and start over")
     a("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     a(

@@ -18,6 +18,7 @@ then write; see `merge.select`) instead of holding every delta. In Python: `merg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from artifacts.cards import write_model_card
+from artifacts.cards import hub_id, public_ref, write_model_card
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.hub import push_folder, resolve_local, revision_of
 from artifacts.outdir import (
@@ -644,24 +645,26 @@ def mergekit_yaml(cfg: MergeConfig) -> str:
 
 def _card(plan: MergePlan, folder: Path, record: dict) -> None:
     cfg = plan.cfg
-    hub_ids = [
-        r for r in (cfg.base, cfg.tuned) if not Path(r).expanduser().exists() and r.count("/") == 1
-    ]
+    # The model tree: the base, and the tuned model when it is a model of its own on the Hub
+    # (a LoRA adapter is a delta on the base, not a parent).
+    parents = [hub_id(cfg.base), hub_id(cfg.tuned) if plan.tuned.kind != "lora" else None]
+    shown = dataclasses.replace(cfg, base=public_ref(cfg.base), tuned=public_ref(cfg.tuned))
     tot = record["totals"]
     summary = (
-        f"Magnitude-selective merge (DLER, arXiv 2510.15110, section 4.6) of `{cfg.tuned}` into "
-        f"`{cfg.base}`: `merged = base + {cfg.scale} * (delta * mask)`, keeping the "
+        f"Magnitude-selective merge (DLER, arXiv 2510.15110, section 4.6) of `{shown.tuned}` into "
+        f"`{shown.base}`: `merged = base + {cfg.scale} * (delta * mask)`, keeping the "
         f"{cfg.density:.0%} largest |tuned - base| entries ({cfg.scope} scope). "
         f"{tot['kept']:,} of {tot['merged_numel']:,} merged entries kept "
         f"({tot['kept_fraction']:.4f}). Per-tensor figures are in `merge_record.json`.\n\n"
-        f"Equivalent mergekit recipe (with `import merge.mergekit_method`):\n\n```yaml\n{mergekit_yaml(cfg)}```"
+        f"Equivalent mergekit recipe (with `import merge.mergekit_method`):\n\n```yaml\n{mergekit_yaml(shown)}```"
     )
     write_model_card(
         folder,
-        title=f"{Path(cfg.tuned).name or cfg.tuned} merged into {Path(cfg.base).name or cfg.base}",
+        title=f"{Path(shown.tuned).name} merged into {Path(shown.base).name}",
         summary=summary,
         recipe=record["parameters"],
-        base_model=hub_ids or None,
+        base_model=[p for p in parents if p] or None,
+        base_model_relation="merge",
         tags=["merge", "magnitude-selective-merge", "dler"],
     )
 

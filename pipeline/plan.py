@@ -240,6 +240,11 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             settings={"evals": [s.key() for s in stages if s.name.startswith("eval_")]},
         )
     )
+    if cfg.threads < 0:
+        raise ShortcotError(f"threads must be 0 (torch's default) or positive, got {cfg.threads}")
+    if cfg.threads:
+        for s in stages:
+            s.env = {"OMP_NUM_THREADS": str(cfg.threads)}
     return stages
 
 

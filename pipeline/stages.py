@@ -55,6 +55,8 @@ class Stage:
               ``-m module args``. Part of the settings: more processes can change the result.
     work:     the folder where the CLI keeps checkpoints (training stages); with checkpoints
               of the same settings there, the CLI is given ``resume_flag``.
+    env:      environment variables the CLI runs with (e.g. ``OMP_NUM_THREADS``); part of
+              the settings when set, since a thread count changes a float reduction's order.
     """
 
     name: str
@@ -67,11 +69,14 @@ class Stage:
     launcher: list[str] = field(default_factory=list)
     work: Path | None = None
     resume_flag: str = "--resume"
+    env: dict[str, str] = field(default_factory=dict)
 
     def key(self) -> str:
         fields = {"module": self.module, "args": self.args, "settings": self.settings}
         if self.launcher:  # only when set, so that records made before launchers stay valid
             fields["launcher"] = self.launcher
+        if self.env:  # likewise
+            fields["env"] = self.env
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -201,7 +206,7 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **stage.env, **(env or {})},
         )
         assert proc.stdout is not None
         for line in proc.stdout:

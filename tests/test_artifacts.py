@@ -6,11 +6,12 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
 
-from artifacts.cards import write_dataset_card, write_model_card
+from artifacts.cards import hub_id, public_ref, write_dataset_card, write_model_card
 from artifacts.config import load_config, parse_overrides
 from artifacts.errors import ShortcotError
 from artifacts.hub import push_folder, resolve_local
@@ -99,6 +100,66 @@ def test_cards_have_front_matter(tmp_path):
     d.mkdir()
     write_dataset_card(d, "D", "compressed", {"strategy": "shortest-correct"}, stats_table="| a |")
     assert "compressed-cot" in (d / "README.md").read_text()
+
+
+def hub_cache_snapshot(cache: Path, repo_id: str, sha: str = "a" * 40) -> Path:
+    """An empty snapshot folder laid out as huggingface_hub's cache lays out ``repo_id``."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    snap = repo / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def test_cards_name_inputs_publicly(tmp_path, monkeypatch):
+    """Hub ids (and Hub cache snapshots) become base_model with its relation; local folders
+    are named by their path inside the working directory or by their name, never by an
+    absolute path; no placeholder links."""
+    import re
+
+    from huggingface_hub import DatasetCard, ModelCard
+
+    snap = hub_cache_snapshot(tmp_path / "hub", "org/base-model")
+    local = tmp_path / "work" / "runs" / "dler"
+    local.mkdir(parents=True)
+    outside = tmp_path / "elsewhere" / "teacher"
+    outside.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert hub_id("org/base-model") == "org/base-model"
+    assert hub_id(str(snap)) == "org/base-model" and public_ref(str(snap)) == "org/base-model"
+    assert hub_id(str(local)) is None and hub_id("runs/dler") is None
+    assert public_ref(str(local)) == "runs/dler" and public_ref("./runs/dler") == "runs/dler"
+    assert public_ref(str(outside)) == "teacher"
+    assert public_ref("math") == "math"  # not a path: unchanged
+
+    recipe = {"model": str(local), "data": str(outside / "train.jsonl"), "nested": [str(snap)]}
+    card_dir = tmp_path / "card"
+    card_dir.mkdir()
+    write_model_card(
+        card_dir,
+        f"{local.name} tuned",
+        f"Trained from `{local}` on `{outside / 'train.jsonl'}` in {tmp_path / 'work'}/x.",
+        recipe,
+        base_model=hub_id(str(snap)),
+        base_model_relation="finetune",
+    )
+    text = (card_dir / "README.md").read_text()
+    card = ModelCard.load(card_dir / "README.md")
+    assert card.data.base_model == "org/base-model"
+    assert card.data.base_model_relation == "finetune"
+    assert str(tmp_path) not in text
+    assert "`runs/dler`" in text and "`train.jsonl`" in text and '"model": "runs/dler"' in text
+    assert '"nested": [\n    "org/base-model"' in text
+    assert not re.search(r"\]\(https?://[^/)]*/?\)", text)  # no link to a bare site
+    # no base model (a local start): no relation either
+    write_model_card(card_dir, "t", "s", {}, base_model=None, base_model_relation="finetune")
+    assert "base_model" not in (card_dir / "README.md").read_text()
+
+    write_dataset_card(card_dir, "D", "s", {"teacher": str(outside)}, source_models=[str(outside)])
+    text = (card_dir / "README.md").read_text()
+    assert str(tmp_path) not in text and "Made from: `teacher`" in text
+    assert DatasetCard.load(card_dir / "README.md").data.tags[0] == "shortcot"
 
 
 def test_resolve_local_folder_and_offline_error(tmp_path, monkeypatch):

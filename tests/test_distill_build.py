@@ -162,6 +162,7 @@ def test_build_resumes_after_interruption(
     # the work folder is an evals.run folder: the teacher's accuracy comes with it
     teacher = json.loads((tmp_path / "ds.work" / "summary.json").read_text())
     assert teacher["accuracy"] == pytest.approx(0.5) and teacher["n_samples"] == 20
+    assert str(tmp_path) not in (out / "README.md").read_text()  # no local absolute paths
 
     # Same work folder, other sampling settings: refused rather than mixed.
     with pytest.raises(ShortcotError, match="other settings"):

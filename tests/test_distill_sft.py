@@ -121,7 +121,8 @@ def test_full_sft_changes_weights_fits_the_data_and_resumes(
         < assistant_nll(tiny_model_dir, tiny_tokenizer, msgs) - 0.5
     )
     card = (out / "README.md").read_text()
-    assert str(data_dir) in card and '"learning_rate": 0.003' in card
+    assert f"`{data_dir.name}`" in card and '"learning_rate": 0.003' in card
+    assert str(data_dir.parent) not in card and str(tiny_model_dir) not in card  # no local paths
     assert json.loads((out / "train_summary.json").read_text())["examples"] == 2
     assert AutoTokenizer.from_pretrained(str(out)).chat_template == tiny_tokenizer.chat_template
 

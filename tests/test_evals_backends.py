@@ -197,3 +197,36 @@ def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
         assert [c.finished for c in kept] == [c.finished for c in whole]
         assert set(widths) == {len(reqs)}
         monkeypatch.setattr(backends, "_can_evict", real_can_evict)
+
+
+def test_current_cache_api_no_deprecation(backend, monkeypatch):
+    """Chunked generation hands the KV cache back to ``generate`` under transformers' current
+    name: no "past_key_values is deprecated" warning (FutureWarning or logger), and the
+    tokens are those of one uninterrupted call."""
+    import logging
+    import warnings
+
+    import evals.backends as backends
+
+    reqs = [Request(backend.prompt_ids(m), k) for m in MESSAGES for k in range(2)]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    monkeypatch.setattr(backends, "EVICT_EVERY", 10**6)
+    whole = backend.generate_requests(reqs, params, progress=False)
+    monkeypatch.setattr(backends, "EVICT_EVERY", 4)  # three generate calls, cache passed twice
+    seen: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Grab(level=logging.WARNING)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            chunked = backend.generate_requests(reqs, params, progress=False)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    seen += [str(w.message) for w in caught]
+    assert not [m for m in seen if "past_key_values" in m or "deprecated" in m], seen
+    assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]

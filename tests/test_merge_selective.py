@@ -295,6 +295,28 @@ def test_output_folder_loads_with_transformers(pair, tmp_path):
     assert card.startswith("---") and "merge" in card and "density" in card
 
 
+def test_card_links_a_hub_base_and_names_no_local_path(pair, tmp_path, monkeypatch):
+    """A base given as a Hub id (served offline from a Hub cache) is the card's base_model
+    (relation: merge); the tuned model, a local folder, is named without its absolute path."""
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub import ModelCard
+    from test_artifacts import hub_cache_snapshot
+
+    snap = hub_cache_snapshot(tmp_path / "hub", "org/tiny-base")
+    for f in (pair / "base").iterdir():
+        shutil.copy(f, snap / f.name)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    out = run(base="org/tiny-base", tuned=str(pair / "tuned"), out=str(tmp_path / "m"))
+    text = (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == ["org/tiny-base"]
+    assert card.data.base_model_relation == "merge"
+    assert str(pair) not in text and str(tmp_path) not in text and "/tmp/" not in text
+    assert "of `tuned` into `org/tiny-base`" in text
+    assert "base_model: org/tiny-base" in text and "  - model: tuned" in text  # mergekit recipe
+
+
 def test_tied_in_base_untied_in_tuned(tmp_path, tiny_tokenizer):
     make_tiny_model_dir(tmp_path / "base", tiny_tokenizer, seed=5)
     make_tuned(tmp_path / "base", tmp_path / "tuned", untie=True)

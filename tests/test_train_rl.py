@@ -70,6 +70,9 @@ def test_cli_trains_and_saves_hf_folder_with_card(tmp_path, tiny_model_dir):
         assert (out / name).exists(), name
     card = (out / "README.md").read_text()
     assert "laser_d" in card and "target_length" in card
+    # a local start model: no base_model link, and neither it nor the data named by absolute path
+    assert "base_model" not in card.split("---")[1]
+    assert str(tmp_path) not in card and str(tiny_model_dir) not in card
     log = json.loads((out / "training_log.json").read_text())
     assert any("laser_d/target_easy" in h for h in log)
     assert any("shortcot/accuracy" in h for h in log)

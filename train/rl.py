@@ -151,9 +151,11 @@ def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
 
 
 def _summary(cfg: RLConfig) -> str:
+    from artifacts.cards import public_ref
+
     r = cfg.reward
     return (
-        f"Trained from `{cfg.model}` with shortcot's RL recipe: reward `{r.method}` "
+        f"Trained from `{public_ref(cfg.model)}` with shortcot's RL recipe: reward `{r.method}` "
         f"(target length {r.target_length} tokens, grader `{r.grader}`), advantage `{cfg.advantage}`, "
         f"dynamic sampling {'on' if cfg.dynamic_sampling else 'off'}, {cfg.max_steps} steps of "
         f"{cfg.per_device_train_batch_size} completions per device x {cfg.gradient_accumulation_steps} "
@@ -163,9 +165,10 @@ def _summary(cfg: RLConfig) -> str:
 
 def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
     """Save the trained model (LoRA merged if asked), tokenizer, card, log and config."""
-    from artifacts.cards import write_model_card
+    from artifacts.cards import hub_id, write_model_card
 
     model = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = cfg.lora.enabled and not cfg.lora.merge
     if cfg.lora.enabled and cfg.lora.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(folder)
@@ -178,8 +181,10 @@ def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
         title=f"{Path(cfg.out).name}",
         summary=_summary(cfg),
         recipe=recipe,
-        base_model=cfg.model if not Path(cfg.model).exists() else None,
+        base_model=hub_id(cfg.model),
+        base_model_relation="adapter" if adapter else "finetune",
         tags=["dler" if cfg.advantage == "dler" else "grpo", cfg.reward.method, "trl"],
+        library_name="peft" if adapter else "transformers",
     )
 
 
