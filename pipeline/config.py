@@ -32,10 +32,11 @@ class PipelineConfig:
     eval_config:    evals.run settings shared by all four evaluations; eval_overrides as
                     ``key=value`` (turned into --flags).
     threads:        torch CPU threads of every stage (OMP_NUM_THREADS); 0 leaves torch's
-                    default. The testbed recipe uses 1: its tiny models gain nothing from
-                    more, slow down badly when other jobs share the cores (measured: an RL
-                    step 57 s with 2 threads beside two other jobs on 2 cores), and a thread
-                    count changes the float results, so 1 keeps the run machine-independent.
+                    default (the GPU recipe). The testbed default is 1: its tiny models gain
+                    nothing from more, slow down badly when other jobs share the cores
+                    (measured: RL steps of 27-58 s with 2 threads beside two other jobs on
+                    2 cores, 1.7 s with one), and a thread count changes float results, so
+                    1 keeps the run machine-independent.
     """
 
     workdir: str = "runs/pipeline"
@@ -58,4 +59,4 @@ class PipelineConfig:
     distill_sft_overrides: list[str] = field(default_factory=list)
     eval_config: str = "configs/evals/testbed.yaml"
     eval_overrides: list[str] = field(default_factory=list)
-    threads: int = 0
+    threads: int = 1

@@ -144,8 +144,8 @@ def test_publish_dataset_goes_to_a_dataset_repo_without_cache_files(tmp_path):
 def test_threads_set_every_stage_environment_and_key():
     """threads=1 runs every stage with OMP_NUM_THREADS=1, and is part of each stage's key
     (a thread count changes float results); threads=0 leaves the environment alone."""
-    plain = plan(PipelineConfig())
-    pinned = plan(PipelineConfig(threads=1))
+    plain = plan(PipelineConfig(threads=0))
+    pinned = plan(PipelineConfig())  # the testbed default: one thread
     assert all(s.env == {} for s in plain)
     assert all(s.env == {"OMP_NUM_THREADS": "1"} for s in pinned)
     assert all(a.key() != b.key() for a, b in zip(plain, pinned))

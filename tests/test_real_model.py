@@ -386,27 +386,70 @@ def test_merge_lora_adapter_equals_peft(rl_lora, smollm2, chatml_work):
 # ------------------------------------------------------------- distill.build, distill.sft
 
 
+def r1_traces(work: Path) -> Path:
+    """Traces as an R1-style model writes them after a prompt that opened the think block:
+    reasoning, ``</think>``, the answer. SmolLM2 itself never closes the block, so under the
+    answer contract its own samples have no answer and none would survive (tested in
+    test_r1_samples_without_think_close_have_no_answer)."""
+    path = work / "r1_traces.jsonl"
+    with path.open("w") as f:
+        for p in PROBLEMS:
+            a, b = (int(x) for x in re.findall(r"\d+", p["problem"]))
+            for k, text in enumerate(
+                [
+                    f"I add {a} and {b}. Let me check: {a} + {b} = {a + b}.\n</think>\n"
+                    f"The answer is {a + b}.",
+                    f"{a} + {b} = {a + b}.\n</think>\n{a + b}",
+                ]
+            ):
+                rec = {"id": p["id"], "sample": k, "problem": p["problem"], "completion": text,
+                       "truncated": False, "prompt_opens_think": True}  # fmt: skip
+                f.write(json.dumps(rec) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def distill_data(model, work, problems) -> Path:
     from distill import build
 
     out = work / "distill_data"
-    argv = ["--teacher", str(model), "--data", str(problems), "--out", str(out),
+    teacher = r1_traces(work) if is_r1(model) else model
+    argv = ["--teacher", str(teacher), "--data", str(problems), "--out", str(out),
             "--prompt-template", PLAIN, "--grader", GRADER, "--strategy", "shortest-correct",
             "--samples", "4", "--max-new-tokens", "48", "--batch-size", "16"]  # fmt: skip
+    if is_r1(model):
+        argv += ["--tokenizer", str(model)]
     assert build.main(argv) == 0
     return out
 
 
-def test_distill_build_rows(distill_data, model):
+def test_r1_samples_without_think_close_have_no_answer(model, work, problems):
+    """With the R1-style template SmolLM2 writes no ``</think>``: every sample of its own is
+    dropped as an unclosed think block, never kept as a chain (the answer contract)."""
+    from distill import build
+
+    if not is_r1(model):
+        pytest.skip("the published template does not open the think block")
+    out = work / "distill_own"
+    argv = ["--teacher", str(model), "--data", str(problems), "--out", str(out),
+            "--prompt-template", PLAIN, "--grader", GRADER, "--strategy", "shortest-correct",
+            "--samples", "2", "--max-new-tokens", "16", "--batch-size", "16"]  # fmt: skip
+    with pytest.raises(ShortcotError, match="no example survived"):
+        build.main(argv)
+    records = list(read_jsonl(Path(f"{out}.work") / "samples.jsonl"))
+    assert records and all(r["prompt_opens_think"] for r in records)
+    assert all("</think>" not in r["completion"] for r in records)
+
+
+def test_distill_build_rows(distill_data, model, work):
     from distill.dataset import load_rows
 
     rows = load_rows(distill_data)
     assert len(rows) >= 2
-    samples = {
-        (r["id"], r["sample"]): r
-        for r in read_jsonl(Path(f"{distill_data}.work") / "samples.jsonl")
-    }
+    source = (
+        work / "r1_traces.jsonl" if is_r1(model) else Path(f"{distill_data}.work") / "samples.jsonl"
+    )
+    samples = {(r["id"], r["sample"]): r for r in read_jsonl(source)}
     tok = AutoTokenizer.from_pretrained(model)
     for row in rows:
         user, assistant = row["messages"]
@@ -415,9 +458,12 @@ def test_distill_build_rows(distill_data, model):
         assert assistant["role"] == "assistant"
         assert mentions_answer(assistant["content"], problem["answer"]).correct
         # the kept chain is the shortest correct, finished sample, token count included
-        mine = [s for s in samples.values() if s["id"] == row["id"] and s["finished"]
+        mine = [s for s in samples.values() if s["id"] == row["id"] and not s["truncated"]
                 and mentions_answer(s["completion"], problem["answer"]).correct]  # fmt: skip
-        assert assistant["content"] == min(mine, key=lambda s: s["num_tokens"])["completion"]
+        shortest = min(mine, key=lambda s: len(tok(s["completion"])["input_ids"]))
+        # where the prompt opened the think block, the chain starts with what opened it
+        opening = "<think>\n" if shortest.get("prompt_opens_think") else ""
+        assert assistant["content"] == opening + shortest["completion"]
         assert row["compressed_tokens"] == len(
             tok(assistant["content"], add_special_tokens=False)["input_ids"]
         )

@@ -132,3 +132,31 @@ def test_lora_run_saves_a_merged_standard_folder(tmp_path, tiny_model_dir):
     assert set(trained) == set(base)  # a plain model, no lora_ tensors
     assert any(not torch.equal(trained[k], base[k]) for k in trained if "q_proj" in k)
     assert all(torch.equal(trained[k], base[k]) for k in trained if "mlp" in k)  # not adapted
+
+
+def test_bf16_checkpoint_trains_in_float32_and_is_saved_in_bf16(tmp_path, tiny_model_dir):
+    """A bf16 checkpoint is trained on float32 master weights (model_dtype, default; AdamW
+    on bf16 weights rounds small updates away) and saved in bf16 again; model_dtype=auto
+    trains in the checkpoint's own dtype."""
+    bf16_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(
+        bf16_dir
+    )
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (bf16_dir / f.name).write_bytes(f.read_bytes())
+    recipe = _recipe(tmp_path, bf16_dir, dynamic_sampling=False)
+
+    def trainer_dtype(*overrides):
+        cfg = rl.load_config(rl.RLConfig, recipe, [f"out={tmp_path / 'x'}", *overrides])
+        trainer = rl.build_trainer(cfg, tmp_path / "work")
+        return next(trainer.model.parameters()).dtype
+
+    assert trainer_dtype() == torch.float32
+    assert trainer_dtype("model_dtype=auto") == torch.bfloat16
+    out = tmp_path / "out"
+    rl.train(rl.load_config(rl.RLConfig, recipe, [f"out={out}"]))
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert next(saved.parameters()).dtype == torch.bfloat16
+    with pytest.raises(rl.ShortcotError, match="model_dtype"):
+        rl.load_config(rl.RLConfig, recipe, ["out=y", "model_dtype=fp8"]).validate()

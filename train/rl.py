@@ -107,7 +107,7 @@ def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=cfg.model_dtype)
     rows = prompt_rows(cfg, cfg.data, cfg.limit)
     train_dataset = Dataset.from_list(rows)
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -163,6 +163,20 @@ def _summary(cfg: RLConfig) -> str:
     )
 
 
+def checkpoint_dtype(model: str):
+    """The dtype a checkpoint is stored in (its config's ``dtype``; float32 if unsaid)."""
+    import torch
+    from transformers import AutoConfig
+
+    from artifacts.hub import resolve_local
+
+    config = AutoConfig.from_pretrained(resolve_local(model))
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
     """Save the trained model (LoRA merged if asked), tokenizer, card, log and config."""
     from artifacts.cards import hub_id, write_model_card
@@ -171,6 +185,8 @@ def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
     adapter = cfg.lora.enabled and not cfg.lora.merge
     if cfg.lora.enabled and cfg.lora.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if not adapter:  # trained in float32 master weights: save in the checkpoint's dtype
+        model = model.to(checkpoint_dtype(cfg.model))
     model.save_pretrained(folder)
     trainer.processing_class.save_pretrained(folder)
     recipe = config_to_dict(cfg)
