@@ -156,7 +156,9 @@ def assert_usable(folder: Path, model: Path) -> None:
     assert m.generation_config.eos_token_id == 2 and m.generation_config.bos_token_id == 1
     ids = torch.tensor([chat_prompt(tok, PROBLEMS[0]["problem"])])
     out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
-    assert tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    # it generates (a model trained two steps on R1-style rows may close its turn at once,
+    # so the new tokens can be special ones or blank lines)
+    assert out.shape[1] > ids.shape[1] and tok.decode(out[0, ids.shape[1] :])
 
 
 # ------------------------------------------------------------------------------ the model
@@ -320,18 +322,27 @@ def merge(base: Path, tuned: Path, out: Path, density: float, scale: float) -> P
 
 def test_rl_lora_merged_r1_template(r1_model, problems, tmp_path_factory):
     """train.rl with the R1-style template (its prompts open the think block) and the
-    default LoRA save (merged into a standard folder): the template is kept, only the
-    adapted projections moved."""
+    default LoRA save (merged into a standard folder). Under the answer contract SmolLM2's
+    completions, which never write ``</think>``, have no answer: every reward is 0 and
+    nothing moves. Told that the prompt does not open the block (``prompt_opens_think:
+    no``), the same run rewards its answers: the template is kept and only the adapted
+    projections move."""
     lora = {"enabled": True, "r": 8, "alpha": 16}
-    out = tmp_path_factory.mktemp("real_r1_rl") / "rl_lora_merged"
+    root = tmp_path_factory.mktemp("real_r1_rl")
     # DLER's defaults: dynamic sampling refills groups whose rewards are all equal (which
     # would give no gradient at all), two prompts per step
-    train_rl(r1_model, problems, out, lora=lora, learning_rate=1e-3, max_steps=1,
-             advantage="dler", dynamic_sampling=True, max_extra_rounds=2,
-             per_device_train_batch_size=8)  # fmt: skip
+    common = dict(lora=lora, learning_rate=1e-3, max_steps=1, advantage="dler",
+                  dynamic_sampling=True, max_extra_rounds=2, per_device_train_batch_size=8)  # fmt: skip
+    out = train_rl(r1_model, problems, root / "contract", **common)
+    log = [h for h in json.loads((out / "training_log.json").read_text()) if "reward" in h]
+    assert log[0]["shortcot/format_rate"] == 0 and log[0]["reward"] == 0
+    before = state(r1_model)
+    assert all(torch.equal(before[n], t) for n, t in state(out).items())
+
+    out = train_rl(r1_model, problems, root / "rl_lora_merged", prompt_opens_think="no", **common)
     assert_usable(out, r1_model)
     assert AutoTokenizer.from_pretrained(out).chat_template == R1_TEMPLATE
-    before, after = state(r1_model), state(out)
+    after = state(out)
     assert before.keys() == after.keys()
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     adapted = {n for n in before if n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj")}
@@ -464,8 +475,9 @@ def test_distill_build_rows(distill_data, model, work):
         # where the prompt opened the think block, the chain starts with what opened it
         opening = "<think>\n" if shortest.get("prompt_opens_think") else ""
         assert assistant["content"] == opening + shortest["completion"]
+        # tokens count what the model generated (the opening came with the prompt)
         assert row["compressed_tokens"] == len(
-            tok(assistant["content"], add_special_tokens=False)["input_ids"]
+            tok(shortest["completion"], add_special_tokens=False)["input_ids"]
         )
     card = (distill_data / "README.md").read_text()
     assert str(model) not in card and str(distill_data) not in card
