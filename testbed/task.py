@@ -143,8 +143,9 @@ def minimal_trace(problem: Problem) -> str:
 def grade(completion: str, reference: str) -> Grade:
     """Grader "testbed": last ``\\boxed{}`` after ``</think>``, compared as an integer.
 
-    >>> grade("<think> a 3 3 </think> \\\\boxed{3}", "3")
-    Grade(correct=True, answer='3', formatted=True)
+    >>> g = grade("<think> a 3 3 </think> \\\\boxed{3}", "3")
+    >>> g.correct, g.answer, g.formatted
+    (True, '3', True)
     >>> grade("<think> a 3 3", "3").formatted
     False
     """
