@@ -1,6 +1,7 @@
 """Are the testbed model's re-checks useful to it? (issue 12, point 5)
 
-    python experiments/useful_checks.py --testbed runs/testbed --out runs/useful_checks
+    python -m testbed.build --out runs/testbed_checks --preset checks
+    python experiments/useful_checks.py --testbed runs/testbed_checks --out runs/useful_checks
 
 Two measurements:
 
@@ -74,7 +75,8 @@ def check_audit(samples_file: Path, data_file: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--testbed", default="runs/testbed", help="the default testbed build")
+    p.add_argument("--testbed", default="runs/testbed_checks", help="a testbed build of --preset")
+    p.add_argument("--preset", default="checks", help="the testbed.build preset it was built with")
     p.add_argument("--out", default="runs/useful_checks", help="output folder")
     p.add_argument("--limit", type=int, default=512, help="test problems")
     p.add_argument("--samples", type=int, default=4, help="samples per problem")
@@ -90,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ShortcotError(
             f"no testbed at {testbed}; build it with python -m testbed.build --out {testbed}"
         )
-    cfg = make_config("default")
+    cfg = make_config(args.preset)
     if json.loads((testbed / "build.json").read_text())["digest"] != cfg.digest():
-        raise ShortcotError(f"{testbed} is not the default testbed; rebuild it or pass --testbed")
+        raise ShortcotError(
+            f"{testbed} was not built with --preset {args.preset}; pass the right --preset or --testbed"
+        )
     no_checks = out / "testbed_no_checks"
     build(no_checks, replace(cfg, teacher=replace(cfg.teacher, **NO_CHECKS)), threads=args.threads)
 

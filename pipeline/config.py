@@ -22,6 +22,10 @@ class PipelineConfig:
     test_data:      evaluation problems (default: the testbed's test split).
     grader:         grader name shared by RL rewards, distillation and evaluation.
     rl_config:      train.rl recipe; rl_overrides: key=value changes to it.
+    rl2_config:     optional second RL stage, ThinkPrune-style (arXiv 2504.01296): a separate
+                    train.rl run that continues from the first stage's model (fresh optimizer
+                    state) with its own recipe, e.g. a tighter L_T; its output is the "dler"
+                    model. rl2_overrides: key=value changes to it.
     merge_*:        merge.selective settings (DLER section 4.6: density 0.25, scale 0.7).
     train_launcher: command that starts the two training stages (rl, distill_sft) instead of
                     plain ``python``, e.g. "accelerate launch --num_processes 8" on a GPU node.
@@ -48,6 +52,8 @@ class PipelineConfig:
     grader: str = "testbed"
     rl_config: str = "configs/train/dler_testbed_staged.yaml"
     rl_overrides: list[str] = field(default_factory=list)
+    rl2_config: str = "configs/train/dler_testbed_tight.yaml"
+    rl2_overrides: list[str] = field(default_factory=list)
     merge_density: float = 0.25
     merge_scale: float = 0.7
     merge_scope: str = "tensor"

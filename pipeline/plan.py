@@ -89,12 +89,19 @@ def _flags(overrides: list[str]) -> list[str]:
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """The stages of one pipeline run, in order."""
     p = resolve_paths(cfg)
+    if cfg.threads < 0:
+        raise ShortcotError(f"threads must be 0 (torch's default) or positive, got {cfg.threads}")
+    env = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
+
+    def stage(*args, **kwargs) -> Stage:  # every stage with the run's environment
+        return Stage(*args, env=env, **kwargs)
+
     stages: list[Stage] = []
     if not cfg.base_model:
         # testbed.build has its own cache (same settings -> returns at once), so it is never
         # forced: a testbed built by hand or by another run is reused, not rebuilt.
         stages.append(
-            Stage(
+            stage(
                 "testbed",
                 "testbed.build",
                 ["--out", cfg.testbed_out, "--preset", cfg.testbed_preset],
@@ -102,28 +109,52 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 force_flag=None,
             )
         )
+    # DLER; with rl2_config a second, ThinkPrune-style stage continues from the first
+    # stage's model as a separate run (fresh optimizer state, its own budget).
+    rl_out = str(p.workdir / "models" / "dler_stage1") if cfg.rl2_config else p.model("dler")
     stages.append(
-        Stage(
+        stage(
             "rl",
             "train.rl",
             [
                 "--config",
                 cfg.rl_config,
                 "--out",
-                p.model("dler"),
+                rl_out,
                 f"model={p.base_model}",
                 f"data={p.train_data}",
                 f"reward.grader={cfg.grader}",
                 *cfg.rl_overrides,
             ],
-            Path(p.model("dler")),
+            Path(rl_out),
             settings={"recipe": _file_digest(cfg.rl_config)},
             launcher=shlex.split(cfg.train_launcher),
-            work=_work_dir(cfg.rl_config, cfg.rl_overrides, p.model("dler")),
+            work=_work_dir(cfg.rl_config, cfg.rl_overrides, rl_out),
         )
     )
+    if cfg.rl2_config:
+        stages.append(
+            stage(
+                "rl2",
+                "train.rl",
+                [
+                    "--config",
+                    cfg.rl2_config,
+                    "--out",
+                    p.model("dler"),
+                    f"model={rl_out}",
+                    f"data={p.train_data}",
+                    f"reward.grader={cfg.grader}",
+                    *cfg.rl2_overrides,
+                ],
+                Path(p.model("dler")),
+                settings={"recipe": _file_digest(cfg.rl2_config), "model": stages[-1].key()},
+                launcher=shlex.split(cfg.train_launcher),
+                work=_work_dir(cfg.rl2_config, cfg.rl2_overrides, p.model("dler")),
+            )
+        )
     stages.append(
-        Stage(
+        stage(
             "merge",
             "merge.selective",
             [
@@ -149,7 +180,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     )
     rl_key = stages[-2].key()  # the DLER model's stage (before merge)
     stages.append(
-        Stage(
+        stage(
             "distill_data",
             "distill.build",
             [
@@ -173,7 +204,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
     )
     stages.append(
-        Stage(
+        stage(
             "distill_sft",
             "distill.sft",
             [
@@ -194,12 +225,17 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
     )
     producers = {s.name: s for s in stages}
-    made_by = {"base": "testbed", "dler": "rl", "merged": "merge", "distilled": "distill_sft"}
+    made_by = {
+        "base": "testbed",
+        "dler": "rl2" if cfg.rl2_config else "rl",
+        "merged": "merge",
+        "distilled": "distill_sft",
+    }
     eval_digest = _file_digest(cfg.eval_config)
     for name in MODELS:
         upstream = producers.get(made_by[name])
         stages.append(
-            Stage(
+            stage(
                 f"eval_{name}",
                 "evals.run",
                 [
@@ -224,7 +260,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             )
         )
     stages.append(
-        Stage(
+        stage(
             "compare",
             "evals.compare",
             [
@@ -240,11 +276,6 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             settings={"evals": [s.key() for s in stages if s.name.startswith("eval_")]},
         )
     )
-    if cfg.threads < 0:
-        raise ShortcotError(f"threads must be 0 (torch's default) or positive, got {cfg.threads}")
-    if cfg.threads:
-        for s in stages:
-            s.env = {"OMP_NUM_THREADS": str(cfg.threads)}
     return stages
 
 

@@ -33,7 +33,7 @@ from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 from testbed.task import generate_split, to_record
-from testbed.teacher import TeacherConfig, Trace, teacher_example
+from testbed.teacher import CHECKS_TEACHER, TeacherConfig, Trace, teacher_example
 
 BUILD_FORMAT = 4  # bump when the meaning of a setting changes, so old caches are not reused
 
@@ -79,6 +79,8 @@ class BuildConfig:
 
 PRESETS: dict[str, BuildConfig] = {
     "default": BuildConfig(),
+    # The teacher makes arithmetic slips, masked out of the loss (testbed.teacher.CHECKS_TEACHER).
+    "checks": BuildConfig(teacher=TeacherConfig(**CHECKS_TEACHER)),
     # Only exercises the mechanics (tests): a few steps of a 2-layer, 32-wide model.
     "tiny": BuildConfig(
         n_monitor=16,
@@ -308,7 +310,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--preset",
         default="default",
         choices=sorted(PRESETS),
-        help="default: the testbed everyone uses (~10 min on 2 cores); tiny: a seconds-long build for tests",
+        help="default: the testbed everyone uses (~5-10 min on 2 cores); checks: its teacher makes "
+        "arithmetic slips, masked out of the loss (issue 12's useful-checks try); tiny: a "
+        "seconds-long build for tests",
     )
     ap.add_argument(
         "--seed",

@@ -71,6 +71,7 @@ def config(root, *extra) -> PipelineConfig:
             "distill_sft_overrides=[max_steps=3, save_steps=1, per_device_train_batch_size=2]",
             f"train_launcher={sys.executable} {KILL_AT}",
             f"rl_overrides=[{', '.join(RL)}]",
+            "rl2_config=",  # one RL stage: its output is the DLER model
             *extra,
         ],
     )

@@ -61,6 +61,8 @@ def run(tmp_path_factory):
         f"distill_teacher={root / 'traces.jsonl'}",
         "rl_overrides=[max_steps=2, num_generations=4, per_device_train_batch_size=8, "
         "max_completion_length=24, save_steps=100, reward.target_length=24, dynamic_sampling=false]",
+        "rl2_overrides=[max_steps=2, num_generations=4, per_device_train_batch_size=8, "
+        "max_completion_length=24, save_steps=100, reward.target_length=16, dynamic_sampling=false]",
         "distill_build_overrides=[limit=8, strategy=first-correct]",
         "distill_sft_overrides=[max_steps=2]",
         f"eval_overrides=[limit={N_EVAL}, samples=1, max_new_tokens=24]",
@@ -73,10 +75,12 @@ def test_pipeline_produces_correct_artifacts(run):
     root, _ = run
     work = root / "run"
     base = _state(root / "testbed" / "model")
+    stage1 = _state(work / "models" / "dler_stage1")
     dler = _state(work / "models" / "dler")
     merged = _state(work / "models" / "merged")
     distilled = _state(work / "models" / "distilled")
-    assert any(not torch.equal(base[k], dler[k]) for k in base), "RL did not change the model"
+    assert any(not torch.equal(base[k], stage1[k]) for k in base), "RL did not change the model"
+    assert any(not torch.equal(stage1[k], dler[k]) for k in base), "rl2 did not continue it"
     assert any(not torch.equal(base[k], distilled[k]) for k in base), "SFT did not change the model"
     for name in base:  # independent magnitude-selective merge, entry by entry
         delta = dler[name].float() - base[name].float()
@@ -108,7 +112,7 @@ def test_rerun_skips_and_changed_merge_reruns_only_downstream(run, capsys):
     capsys.readouterr()
     assert main(["run", *args]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == 10
+    assert out.count("up to date") == 11
     assert main(["run", *args, "merge_density=0.5"]) == 0
     out = capsys.readouterr().out
     ran = {

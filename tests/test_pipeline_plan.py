@@ -24,6 +24,7 @@ def test_default_plan_runs_the_dler_story_on_the_testbed():
     assert [s.name for s in stages] == [
         "testbed",
         "rl",
+        "rl2",
         "merge",
         "distill_data",
         "distill_sft",
@@ -36,6 +37,14 @@ def test_default_plan_runs_the_dler_story_on_the_testbed():
     s = _by_name(stages)
     assert s["testbed"].force_flag is None  # testbed.build has its own cache: never force a rebuild
     assert "model=runs/testbed/model" in s["rl"].args
+    # the second RL stage continues from the first stage's model into the DLER model
+    rl_out = s["rl"].args[s["rl"].args.index("--out") + 1]
+    assert rl_out == "runs/pipeline/models/dler_stage1" and s["rl"].output.as_posix() == rl_out
+    assert f"model={rl_out}" in s["rl2"].args
+    assert s["rl2"].args[s["rl2"].args.index("--out") + 1] == "runs/pipeline/models/dler"
+    assert s["rl2"].settings["model"] == s["rl"].key()  # a new first stage reruns the second
+    assert s["merge"].settings["tuned"] == s["rl2"].key()
+    assert s["eval_dler"].settings["model"] == s["rl2"].key()
     merge = s["merge"].args
     assert merge[merge.index("--tuned") + 1] == "runs/pipeline/models/dler"
     assert (
@@ -151,3 +160,10 @@ def test_threads_set_every_stage_environment_and_key():
     assert all(a.key() != b.key() for a, b in zip(plain, pinned))
     with pytest.raises(ShortcotError, match="threads"):
         plan(PipelineConfig(threads=-1))
+
+
+def test_one_rl_stage_without_rl2_config():
+    stages = _by_name(plan(PipelineConfig(rl2_config="")))
+    assert "rl2" not in stages
+    assert stages["rl"].args[stages["rl"].args.index("--out") + 1] == "runs/pipeline/models/dler"
+    assert stages["merge"].settings["tuned"] == stages["rl"].key()

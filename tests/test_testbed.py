@@ -24,6 +24,7 @@ from testbed.task import (
     sample_problem,
 )
 from testbed.teacher import (
+    CHECKS_TEACHER,
     TeacherConfig,
     audit_trace,
     lomax_count,
@@ -121,7 +122,8 @@ def test_lomax_count_golden():
 
 
 def test_teacher_traces_are_correct_and_errors_are_caught():
-    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6)  # the default build's range
+    # the "checks" preset's teacher (arithmetic slips, masked) on the default build's range
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6, **CHECKS_TEACHER)
     problems = generate_split("train", 800, seed=1, min_difficulty=2, max_difficulty=6)
     injected = arithmetic = 0
     for i, p in enumerate(problems):
@@ -149,13 +151,30 @@ def test_teacher_traces_are_correct_and_errors_are_caught():
                 assert total != fixed_total
         assert len(SLIP.findall(example.text)) == audit.wrong_steps
     assert injected > 100  # errors are actually injected (about 7% of steps)
-    assert arithmetic == injected  # the default teacher's slips are all arithmetic
+    assert arithmetic == injected  # this teacher's slips are all arithmetic
+
+
+def test_default_teacher_makes_unmasked_lookup_slips():
+    """The default teacher (format 3's): look-up slips only, nothing masked."""
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=6)
+    problems = generate_split("train", 300, seed=1, min_difficulty=2, max_difficulty=6)
+    lookups = 0
+    for i, p in enumerate(problems):
+        example = teacher_example(p, random.Random(i), cfg)
+        audit = audit_trace(p, example.text.split("\n")[1])
+        assert audit.complete and audit.wrong_sums == 0 and example.masked == ()
+        lookups += audit.wrong_steps
+    assert lookups > 50
 
 
 def test_lookup_slips_are_masked_too():
     """A teacher configured with look-up slips masks the wrong digit (not the sum)."""
     cfg = TeacherConfig(
-        min_difficulty=2, max_difficulty=6, error_prob_easy=0.3, error_prob_hard=0.3
+        min_difficulty=2,
+        max_difficulty=6,
+        error_prob_easy=0.3,
+        error_prob_hard=0.3,
+        mask_slips=True,
     )
     problems = generate_split("train", 200, seed=2, min_difficulty=2, max_difficulty=6)
     lookups = 0
@@ -206,10 +225,10 @@ def test_teacher_trace_golden():
         "c 2 0 d 7 7 wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. "
         "wait, check again: a 3 3 b 5 8 c 2 0 d 7 7 right. so the answer is 7."
     )
-    # The default teacher's arithmetic slip: at n = 4 it slips when u < 0.12. No intro
+    # The "checks" teacher's arithmetic slip: at n = 4 it slips when u < 0.12. No intro
     # (0.9); a: right, no check (0.9, 0.9); b: u = 0.05, the sum 8 + 3 = 11 -> 1 (right
     # digit, wrong sum), caught; c, d: right, no checks; rechecks: u = 1 - 0.0 = 1 -> 0.
-    cfg = TeacherConfig(min_difficulty=2, max_difficulty=4)
+    cfg = TeacherConfig(min_difficulty=2, max_difficulty=4, **CHECKS_TEACHER)
     rng = Scripted([0.9, 0.9, 0.9, 0.05, 0.9, 0.9, 0.9, 0.9, 0.0], [3])
     example = teacher_example(EXAMPLE, rng, cfg)
     assert example.text == (
@@ -296,6 +315,7 @@ def test_masked_positions_from_offsets_golden():
 def test_tokenized_slips_mask_exactly_the_slipped_digit():
     """With the real testbed tokenizer, each masked position decodes to the slipped digit."""
     cfg = tb.make_config("tiny")
+    cfg = tb.replace(cfg, teacher=tb.replace(cfg.teacher, **CHECKS_TEACHER))
     problems = generate_split("train", 200, seed=3, min_difficulty=4, max_difficulty=4)
     traces = tb.teacher_completions(problems, cfg)
     tok = tb.build_tokenizer(cfg, problems, traces)
