@@ -109,48 +109,43 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 force_flag=None,
             )
         )
-    # DLER; with rl2_config a second, ThinkPrune-style stage continues from the first
-    # stage's model as a separate run (fresh optimizer state, its own budget).
-    rl_out = str(p.workdir / "models" / "dler_stage1") if cfg.rl2_config else p.model("dler")
-    stages.append(
-        stage(
-            "rl",
+
+    def rl_stage(
+        name: str, recipe: str, overrides: list[str], start: str, out: str, upstream=None
+    ) -> Stage:
+        """A train.rl stage from the model ``start`` into ``out``."""
+        return stage(
+            name,
             "train.rl",
             [
                 "--config",
-                cfg.rl_config,
+                recipe,
                 "--out",
-                rl_out,
-                f"model={p.base_model}",
+                out,
+                f"model={start}",
                 f"data={p.train_data}",
                 f"reward.grader={cfg.grader}",
-                *cfg.rl_overrides,
+                *overrides,
             ],
-            Path(rl_out),
-            settings={"recipe": _file_digest(cfg.rl_config)},
+            Path(out),
+            settings={"recipe": _file_digest(recipe), **(upstream or {})},
             launcher=shlex.split(cfg.train_launcher),
-            work=_work_dir(cfg.rl_config, cfg.rl_overrides, rl_out),
+            work=_work_dir(recipe, overrides, out),
         )
-    )
+
+    # DLER; with rl2_config a second, ThinkPrune-style stage continues from the first
+    # stage's model as a separate run (fresh optimizer state, its own budget).
+    rl_out = str(p.workdir / "models" / "dler_stage1") if cfg.rl2_config else p.model("dler")
+    stages.append(rl_stage("rl", cfg.rl_config, cfg.rl_overrides, p.base_model, rl_out))
     if cfg.rl2_config:
         stages.append(
-            stage(
+            rl_stage(
                 "rl2",
-                "train.rl",
-                [
-                    "--config",
-                    cfg.rl2_config,
-                    "--out",
-                    p.model("dler"),
-                    f"model={rl_out}",
-                    f"data={p.train_data}",
-                    f"reward.grader={cfg.grader}",
-                    *cfg.rl2_overrides,
-                ],
-                Path(p.model("dler")),
-                settings={"recipe": _file_digest(cfg.rl2_config), "model": stages[-1].key()},
-                launcher=shlex.split(cfg.train_launcher),
-                work=_work_dir(cfg.rl2_config, cfg.rl2_overrides, p.model("dler")),
+                cfg.rl2_config,
+                cfg.rl2_overrides,
+                rl_out,
+                p.model("dler"),
+                upstream={"model": stages[-1].key()},
             )
         )
     stages.append(
