@@ -23,6 +23,18 @@ from artifacts.outdir import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def require_testbed(path: str | Path) -> Path:
+    """``path`` as a Path, or a one-line error saying how to build the testbed there."""
+    from artifacts.errors import ShortcotError
+
+    path = Path(path)
+    if not (path / "model" / "config.json").exists():
+        raise ShortcotError(
+            f"no testbed at {path}; build it with python -m testbed.build --out {path}"
+        )
+    return path
+
+
 def recipe_path(name: str) -> Path:
     """``configs/train/<name>.yaml`` of this checkout (or ``name`` itself if it is a file)."""
     p = Path(name)

@@ -37,10 +37,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from artifacts.errors import ShortcotError, run_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 from artifacts.jsonl import read_jsonl  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
-from experiments.common import evaluate_model, level, mean_se, train_run  # noqa: E402
+from experiments.common import (  # noqa: E402
+    evaluate_model,
+    level,
+    mean_se,
+    require_testbed,
+    train_run,
+)
 
 # name -> (recipe, overrides that make the variant)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -89,11 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    testbed, out = Path(args.testbed), Path(args.out)
-    if not (testbed / "model" / "config.json").exists():
-        raise ShortcotError(
-            f"no testbed at {testbed}; build it with python -m testbed.build --out {testbed}"
-        )
+    testbed, out = require_testbed(args.testbed), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     L = args.target_length
 

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from artifacts.errors import ShortcotError, run_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
-from experiments.common import evaluate_model, train_run  # noqa: E402
+from experiments.common import evaluate_model, require_testbed, train_run  # noqa: E402
 
 METHODS = {
     "truncation": "Truncation GRPO",
@@ -113,11 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    testbed, out = Path(args.testbed), Path(args.out)
-    if not (testbed / "model" / "config.json").exists():
-        raise ShortcotError(
-            f"no testbed at {testbed}; build it with python -m testbed.build --out {testbed}"
-        )
+    testbed, out = require_testbed(args.testbed), Path(args.out)
     if args.force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
