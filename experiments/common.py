@@ -64,7 +64,7 @@ def train_run(recipe: str | Path, testbed: Path, out: Path, overrides: Sequence[
         f"out={out}",
         *(
             [f"laser_d.monitor_data={testbed / 'data' / 'monitor.jsonl'}"]
-            if "laser_d" in recipe.name or "laser_de" in recipe.name
+            if "laser_d" in recipe.name  # laser_d and laser_de recipes
             else []
         ),
         *overrides,
