@@ -36,6 +36,7 @@ NaN and inf land in buckets >= 0x7F80, which makes the non-finite check free.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -140,12 +141,31 @@ class Threshold:
         return torch.tensor([self.key], dtype=torch.int32).view(torch.float32).item()
 
 
-def threshold_from_histograms(high: torch.Tensor, low_of: callable, k: int) -> Threshold:
+def threshold_from_histograms(
+    high: torch.Tensor, low_of: Callable[[int], torch.Tensor], k: int
+) -> Threshold:
     """Exact k-th largest key from a high histogram and a function giving the low
     histogram of one high bucket (which lets global scope compute it in a second pass)."""
     b, need = rank_bucket(high, k)
     lo, ties = rank_bucket(low_of(b), need)
     return Threshold((b << 16) | lo, ties)
+
+
+def threshold_from_deltas(
+    high: torch.Tensor, deltas: Callable[[], Iterable[torch.Tensor]], k: int
+) -> Threshold:
+    """Exact threshold for keeping the ``k`` largest |delta| of a streamed delta, given its
+    high histogram ``high``: ``deltas()`` yields its float32 chunks once more, in order,
+    and their low histogram inside the k-th bucket gives the exact key (the refinement
+    used when the bucket is too large to set aside, in both scopes)."""
+
+    def low_of(bucket: int) -> torch.Tensor:
+        low = torch.zeros(LOW_BUCKETS, dtype=torch.int64, device=high.device)
+        for d in deltas():
+            low += low_histogram(magnitude_keys(d), bucket)
+        return low
+
+    return threshold_from_histograms(high, low_of, k)
 
 
 def kth_threshold(keys: torch.Tensor, k: int) -> Threshold:

@@ -7,29 +7,36 @@ among merges whose accuracy is at least the base's minus ``--tolerance`` points,
 with the fewest mean tokens (if none qualifies, the most accurate merge).
 
     python -m merge.sweep --base runs/testbed/model --tuned runs/pipeline/models/dler \\
-        --data runs/testbed/data/test.jsonl --eval-config configs/evals/testbed.yaml \\
-        --out runs/sweep
+        --data runs/testbed/data/test.jsonl --eval_config configs/evals/testbed.yaml \\
+        --out runs/sweep --densities 0.1 0.25 0.5 --scales 0.5 0.7 1.0
+
+or with a recipe: ``python -m merge.sweep --config configs/merge/sweep_testbed.yaml``.
 
 Resumable: each grid point's evaluation is kept under ``OUT.work/`` and skipped on a rerun
 (evaluations themselves resume); merged weights of grid points are deleted after they are
-evaluated (``--keep-merges`` keeps them) and the chosen merge is written to ``OUT/best``.
+evaluated (``--keep_merges`` keeps them) and the chosen merge is written to ``OUT/best``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
+from artifacts import cli
+from artifacts.cli import HubArguments, arg
 from artifacts.errors import ShortcotError, run_cli
+from artifacts.hub import push_folder
 from artifacts.outdir import atomic_output_dir, check_output
 from evals.compare import comparison_rows, difficulty_table, markdown_table, plot_pareto
 from evals.run import evaluate, parse_config
-from merge.selective import MergeConfig, merge_models
+from merge.config import MergeConfig
+from merge.selective import merge_models
 
 
 def choose(rows: Sequence[dict], base_accuracy: float, tolerance: float) -> int:
@@ -49,18 +56,6 @@ def choose(rows: Sequence[dict], base_accuracy: float, tolerance: float) -> int:
     return max(range(len(rows)), key=lambda i: (rows[i]["accuracy"], -rows[i]["mean_tokens"]))
 
 
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ShortcotError(
-            f"--{name} {text!r} is not a comma-separated list of numbers; e.g. 0.1,0.25,0.5"
-        ) from None
-    if not values:
-        raise ShortcotError(f"--{name} is empty; give e.g. 0.1,0.25,0.5")
-    return values
-
-
 PAPER = (0.25, 0.7)  # DLER section 4.6's hand-picked density and scale, marked in the outputs
 
 
@@ -68,78 +63,58 @@ def _label(density: float, scale: float) -> str:
     return f"d{density:g}_s{scale:g}" + (" (paper)" if (density, scale) == PAPER else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m merge.sweep",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass
+class SweepConfig:
+    """Settings of a merge sweep (every field is also a CLI flag and a recipe key)."""
+
+    base: str = arg(help="base model: local folder or Hub id")
+    tuned: str = arg(help="concise (RL-tuned) model or LoRA adapter: folder or Hub id")
+    data: str = arg(help="evaluation problems (file, datasets folder or preset)")
+    out: str = arg(help="output folder: sweep.md, sweep.json, pareto.png, best/")
+    densities: list[float] = arg(
+        [0.1, 0.25, 0.5], "densities (fraction of |delta| kept), e.g. --densities 0.1 0.25 0.5"
     )
-    p.add_argument("--base", required=True, help="base model: local folder or Hub id")
-    p.add_argument(
-        "--tuned", required=True, help="concise (RL-tuned) model or LoRA adapter: folder or Hub id"
+    scales: list[float] = arg([0.5, 0.7, 1.0], "scales on the kept delta, e.g. --scales 0.5 0.7")
+    scope: Literal["tensor", "global"] = arg(
+        "tensor", "top-k per tensor or over the whole model (default %(default)s)"
     )
-    p.add_argument(
-        "--data", required=True, help="evaluation problems (file, datasets folder or preset)"
+    exclude: list[str] = arg(
+        [],
+        "regexes of tensors kept from the base (repeating --exclude adds more)",
+        action="extend",
+        metavar="REGEX",
     )
-    p.add_argument(
-        "--out", required=True, help="output folder: sweep.md, sweep.json, pareto.png, best/"
+    tolerance: float = arg(
+        1.0, "accuracy points below the base still counted as 'base accuracy' (default %(default)s)"
     )
-    p.add_argument(
-        "--densities",
-        default="0.1,0.25,0.5",
-        help="comma-separated densities (fraction of |delta| kept)",
+    eval_config: str | None = arg(
+        None, "evals.run YAML (e.g. configs/evals/testbed.yaml) for every evaluation"
     )
-    p.add_argument(
-        "--scales", default="0.5,0.7,1.0", help="comma-separated scales on the kept delta"
+    grader: str | None = arg(None, "grader name (overrides the eval config)")
+    samples: int | None = arg(None, "samples per problem (overrides the eval config)")
+    limit: int | None = arg(None, "evaluate on the first N problems only")
+    max_new_tokens: int | None = arg(None, "generation limit (overrides the eval config)")
+    keep_merges: bool = arg(False, "keep every grid point's merged weights under OUT.work/")
+    force: bool = arg(False, "replace an existing --out")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, HubArguments]:
+    """``[--config recipe.yaml] [--flags]`` -> the sweep's settings and the publishing of
+    its chosen merge (``--push_to_hub`` uploads ``OUT/best``)."""
+    return cli.parse_args(
+        [SweepConfig, HubArguments], argv, prog="merge.sweep", description=__doc__
     )
-    p.add_argument(
-        "--scope",
-        default="tensor",
-        choices=["tensor", "global"],
-        help="top-k per tensor or over the whole model",
-    )
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        help="regex of tensors kept from the base (repeatable)",
-    )
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=1.0,
-        help="accuracy points below the base still counted as 'base accuracy'",
-    )
-    p.add_argument(
-        "--eval-config",
-        default=None,
-        help="evals.run YAML (e.g. configs/evals/testbed.yaml) for every evaluation",
-    )
-    p.add_argument("--grader", default=None, help="grader name (overrides the eval config)")
-    p.add_argument(
-        "--samples", type=int, default=None, help="samples per problem (overrides the eval config)"
-    )
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems only")
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="generation limit (overrides the eval config)",
-    )
-    p.add_argument(
-        "--keep-merges",
-        action="store_true",
-        help="keep every grid point's merged weights under OUT.work/",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    densities, scales = _floats(a.densities, "densities"), _floats(a.scales, "scales")
+    a, hub = parse_args(argv)
+    densities, scales = list(a.densities), list(a.scales)
+    for name, values in (("densities", densities), ("scales", scales)):
+        if not values:
+            raise ShortcotError(f"--{name} is empty; give e.g. --{name} 0.25 0.5")
     if any(not 0 < d <= 1 for d in densities):
         raise ShortcotError(f"densities {densities} must lie in (0, 1]")
+    repo = hub.hub_repo()  # a missing repo id fails here, before any evaluation
     out = check_output(a.out, a.force)
     work = out.parent / f"{out.name}.work"
 
@@ -240,6 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         merge_models(merge_cfg(bd, bs, tmp / "best"))
     print(table)
     print(f"chosen: density {bd:g}, scale {bs:g} -> {out / 'best'}")
+    if repo:
+        url = push_folder(
+            out / "best",
+            repo,
+            private=hub.hub_private_repo,
+            commit_message=f"Magnitude-selective merge (density {bd:g}, scale {bs:g}), chosen "
+            "by merge.sweep",
+        )
+        print(f"uploaded to {url}")
     return 0
 
 
