@@ -205,7 +205,7 @@ class LoraModule:
     a: TensorInfo
     b: TensorInfo
     scaling: float
-    embedding: bool
+    transposed: bool  # the weight is (B @ A).T: an embedding, or a Conv1D (fan_in_fan_out)
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -216,11 +216,21 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def _unsupported_hint(name: str) -> str:
+    """What a tensor of an adapter that is not LoRA's A, B or a saved module is."""
+    if "trainable_tokens" in name:
+        return " (peft trainable_token_indices: new rows of the embedding, not a LoRA delta)"
+    return ""
+
+
 def check_lora_shapes(name: str, mod: LoraModule, base_shape: tuple[int, ...], folder) -> None:
     """The adapter's A and B must multiply to the base tensor's shape (B @ A for a linear
-    layer, (B @ A).T for an embedding); otherwise it was made for another base."""
+    layer, (B @ A).T for an embedding or a Conv1D layer); otherwise it was made for another
+    base."""
     a, b = mod.a.shape, mod.b.shape
-    if mod.embedding:  # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r)
+    # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (dim, r); a Conv1D weight
+    # is stored (in_features, out_features)
+    if mod.transposed:
         ok = len(a) == len(b) == 2 and a[0] == b[1] and (a[1], b[0]) == tuple(base_shape)
     else:  # lora_A: (r, in_features), lora_B: (out_features, r)
         ok = len(a) == len(b) == 2 and a[0] == b[1] and (b[0], a[1]) == tuple(base_shape)
@@ -236,12 +246,15 @@ class LoraDeltas:
     """The tuned side of a merge when it is a PEFT LoRA adapter trained on the base.
 
     The tuned weight of an adapted module is ``W_base + scaling * B @ A`` (PEFT
-    ``LoraLayer.get_delta_weight``; embeddings store A and B transposed, so their delta is
-    ``scaling * (B @ A).T``), with ``scaling = lora_alpha / r`` or ``lora_alpha / sqrt(r)``
-    under rsLoRA, honouring ``rank_pattern`` and ``alpha_pattern``. The delta is computed
-    from the adapter directly, without writing a merged copy. ``modules_to_save`` tensors
-    (and saved embedding layers) are full tuned values. DoRA and other adapter types are
-    refused with an error (their delta is not B @ A).
+    ``LoraLayer.get_delta_weight``; embeddings store A and B transposed, and Conv1D layers
+    (``fan_in_fan_out``) their weight, so their delta is ``scaling * (B @ A).T``), with
+    ``scaling = lora_alpha / r`` or ``lora_alpha / sqrt(r)`` under rsLoRA, honouring
+    ``rank_pattern`` and ``alpha_pattern``. The delta is computed from the adapter
+    directly, without writing a merged copy. ``modules_to_save`` tensors (and saved
+    embedding layers) are full tuned values. In a base with tied embeddings, an adapter
+    that changes one of them unties them (`_untie_output_embedding`). DoRA, LoRA biases,
+    trainable tokens and other adapter types are refused with an error (their delta is
+    not B @ A). tests/test_merge_lora.py checks all this against peft.
     """
 
     kind = "lora"
@@ -304,20 +317,46 @@ class LoraDeltas:
             rank = _pattern_value(cfg.get("rank_pattern") or {}, module, r)
             alph = _pattern_value(cfg.get("alpha_pattern") or {}, module, alpha)
             scaling = alph / (rank**0.5) if rslora else alph / rank
-            if fan_in_fan_out and not emb:
-                raise ShortcotError(
-                    f"{folder} uses fan_in_fan_out (Conv1D layers); merge it with peft first"
-                )
-            self.modules[module + ".weight"] = LoraModule(a, b, scaling, emb)
+            # fan_in_fan_out: the layer (GPT-2's Conv1D) stores its weight transposed, so
+            # peft transposes the delta (get_delta_weight); embeddings always are
+            self.modules[module + ".weight"] = LoraModule(a, b, scaling, emb or fan_in_fan_out)
         self.tensors = dict(base.tensors)
         for name, info in self.full.items():
+            if name not in base.tensors and not name.endswith(OUTPUT_EMBEDDINGS):
+                raise ShortcotError(
+                    f"{folder}: adapter tensor {name} is neither a LoRA weight nor a tensor of "
+                    f"the base model{_unsupported_hint(name)}; merge it with peft "
+                    "(merge_and_unload) and pass the merged folder, or pass the base it was "
+                    "trained on"
+                )
             self.tensors[name] = info
+        self._untie_output_embedding(base)
         for name, mod in self.modules.items():
             if name not in self.tensors:
                 raise ShortcotError(
                     f"adapter module {name} is not a tensor of the base model; pass the base the adapter was trained on"
                 )
             check_lora_shapes(name, mod, self.tensors[name].shape, folder)
+
+    def _untie_output_embedding(self, base: Checkpoint) -> None:
+        """In a base that ties its output embedding to its input embedding (stored once), an
+        adapter that changes either of them trains them apart: the other keeps the base's
+        value during training (peft adds the change to the shared weight when it merges, so
+        its merged model is not the adapted one). The output embedding is then a tuned
+        tensor of its own, starting from the base's input embedding; the plan merges it
+        against that and writes the output untied."""
+        if not ties_embeddings(base.config) or any(
+            n.endswith(OUTPUT_EMBEDDINGS) for n in base.tensors
+        ):
+            return
+        inp = next((n for n in base.tensors if n.endswith(INPUT_EMBEDDINGS)), None)
+        changed = set(self.modules) | set(self.full)
+        out = next((n for n in sorted(changed) if n.endswith(OUTPUT_EMBEDDINGS)), None)
+        if inp is None or (out is None and inp not in changed):
+            return
+        out = out or OUTPUT_EMBEDDINGS[0]
+        self.full.setdefault(out, base.tensors[inp])
+        self.tensors[out] = self.full[out]
 
     def lora_delta(self, name: str) -> torch.Tensor | None:
         """``scaling * B @ A`` in float32 for an adapted tensor, else None."""
@@ -327,7 +366,7 @@ class LoraDeltas:
         a = read_tensor(mod.a).float()
         b = read_tensor(mod.b).float()
         d = (b @ a) * mod.scaling
-        return d.T if mod.embedding else d
+        return d.T if mod.transposed else d
 
     def read_tuned(self, name: str) -> torch.Tensor:
         """The tuned tensor without the LoRA delta (the full tuned value for

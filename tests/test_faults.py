@@ -634,7 +634,7 @@ def test_full_disk_in_the_merge_writer(assets, merge_ref, mounts, tmp_path, caps
 
     import merge.selective as selective
 
-    monkeypatch.setattr(selective, "check_free_space", lambda *a: None)  # let it hit the wall
+    monkeypatch.setattr("merge.plan.check_free_space", lambda *a: None)  # let it hit the wall
     monkeypatch.setattr(selective, "tqdm", partial(selective.tqdm, disable=True))
     disk = mounts.mount("small", "64k")
     out = disk / "out"

@@ -75,14 +75,13 @@ def test_global_threshold_streams_over_tensors_with_ties_to_earlier_tensors():
     # Two tensors, one threshold over 6 entries, k = max(1, floor(0.5 * 6)) = 3.
     # |values| in merge order: a = [3, 1, 2], b = [2, 2, 0.5] -> keep 3 (a0), then the
     # 2s tie: a2 first, then b0; b1 is dropped.
-    a, b = keys_of([3.0, -1.0, 2.0]), keys_of([-2.0, 2.0, 0.5])
+    da, db = torch.tensor([3.0, -1.0, 2.0]), torch.tensor([-2.0, 2.0, 0.5])
+    a, b = select.magnitude_keys(da), select.magnitude_keys(db)
     k = select.keep_count(6, 0.5)
     high = select.high_histogram(a) + select.high_histogram(b)  # pass 1, one tensor at a time
-    bucket, need = select.rank_bucket(high, k)
-    low = select.low_histogram(a, bucket) + select.low_histogram(b, bucket)  # pass 2
-    lo, ties = select.rank_bucket(low, need)
-    thr = select.Threshold((bucket << 16) | lo, ties)
+    thr = select.threshold_from_deltas(high, lambda: iter([da, db]), k)  # pass 2: refine
     assert thr.value == 2.0 and thr.ties == 2
+    assert thr == select.kth_threshold(torch.cat([a, b]), k)
     budget = select.TieBudget(thr)
     assert select.threshold_mask(a, budget).tolist() == [True, False, True]
     assert select.threshold_mask(b, budget).tolist() == [True, False, False]

@@ -41,8 +41,12 @@ def pair(tmp_path_factory, tiny_tokenizer):
     return root, base, tuned, data
 
 
-def test_sweep_end_to_end(pair):
+def test_sweep_end_to_end(pair, monkeypatch):
     root, base, tuned, data = pair
+    uploads = []
+    monkeypatch.setattr(
+        "merge.sweep.push_folder", lambda folder, repo, **kw: uploads.append((folder, repo, kw))
+    )
     out = root / "sweep"
     args = [
         "--base",
@@ -56,7 +60,8 @@ def test_sweep_end_to_end(pair):
         "--densities",
         "0.5",
         "--scales",
-        "0.5,1.0",
+        "0.5",
+        "1.0",
         "--grader",
         "math",
         "--samples",
@@ -66,7 +71,9 @@ def test_sweep_end_to_end(pair):
         "--tolerance",
         "100",
     ]
-    assert main(args) == 0
+    assert main([*args, "--push_to_hub", "--hub_model_id", "me/best"]) == 0
+    # the chosen merge is what --push_to_hub uploads
+    assert [(f, r, kw["private"]) for f, r, kw in uploads] == [(out / "best", "me/best", False)]
     report = json.loads((out / "sweep.json").read_text())
     assert [r["label"] for r in report["rows"]] == ["base", "tuned", "d0.5_s0.5", "d0.5_s1"]
     assert (out / "pareto.png").stat().st_size > 0
