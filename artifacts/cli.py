@@ -96,7 +96,9 @@ def _parser_class():
     from trl import TrlParser
 
     class Parser(TrlParser):
-        def error(self, message: str):  # argparse would print usage and exit with a traceback-less 2
+        def error(
+            self, message: str
+        ):  # argparse would print usage and exit with a traceback-less 2
             raise ShortcotError(f"{message}; see python -m {self.prog} --help")
 
     return Parser

@@ -30,9 +30,7 @@ class PipelineConfig:
         "runs/testbed", "where the testbed is built or reused (its model is the base model)"
     )
     testbed_preset: str = arg("default", "testbed preset (default | checks | tiny)")
-    train_data: str = arg(
-        "", "RL and distillation problems (default: the testbed's train split)"
-    )
+    train_data: str = arg("", "RL and distillation problems (default: the testbed's train split)")
     test_data: str = arg("", "evaluation problems (default: the testbed's test split)")
     grader: str = arg(
         "testbed",
@@ -41,7 +39,9 @@ class PipelineConfig:
     rl_config: str = arg(
         "configs/train/dler_testbed_staged.yaml", "train.rl recipe of the DLER stage"
     )
-    rl_args: YamlMapping = arg({}, "train.rl settings that change the recipe, e.g. '{max_steps: 20}'")
+    rl_args: YamlMapping = arg(
+        {}, "train.rl settings that change the recipe, e.g. '{max_steps: 20}'"
+    )
     rl2_config: str = arg(
         "configs/train/dler_testbed_tight.yaml",
         "optional second RL stage, ThinkPrune-style (arXiv 2504.01296): a separate train.rl run "
@@ -63,16 +63,16 @@ class PipelineConfig:
         "where the compressed chains come from: base (sample the base model), dler (sample the "
         "DLER model), or a JSONL file / folder of existing traces",
     )
-    distill_build_config: str = arg(
-        "configs/distill/build_testbed.yaml", "distill.build recipe"
-    )
+    distill_build_config: str = arg("configs/distill/build_testbed.yaml", "distill.build recipe")
     distill_build_args: YamlMapping = arg({}, "distill.build settings that change the recipe")
     distill_sft_config: str = arg("configs/distill/sft_testbed.yaml", "distill.sft recipe")
     distill_sft_args: YamlMapping = arg({}, "distill.sft settings that change the recipe")
     eval_config: str = arg(
         "configs/evals/testbed.yaml", "evals.run settings shared by all four evaluations"
     )
-    eval_args: YamlMapping = arg({}, "evals.run settings that change the recipe, e.g. '{limit: 64}'")
+    eval_args: YamlMapping = arg(
+        {}, "evals.run settings that change the recipe, e.g. '{limit: 64}'"
+    )
     threads: int = arg(
         1,
         "torch CPU threads of every stage (OMP_NUM_THREADS); 0 leaves torch's default (the GPU "

@@ -194,7 +194,11 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     f = DISTILL_SFT
     sft_settings = stage_settings(
         cfg.distill_sft_config,
-        {f["student"]: p.base_model, f["data"]: str(p.distill_data), f["out"]: p.model("distilled")},
+        {
+            f["student"]: p.base_model,
+            f["data"]: str(p.distill_data),
+            f["out"]: p.model("distilled"),
+        },
         cfg.distill_sft_args,
     )
     stages.append(

@@ -98,7 +98,17 @@ def test_bad_pipeline_config_is_one_clear_error():
         plan(PipelineConfig(rl_config="configs/train/nope.yaml"))
 
 
-def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
+def _uploaded(api) -> dict:
+    """path_in_repo -> content of the one commit `publish` made (mocked Hub)."""
+    ops = api.create_commit.call_args.kwargs["operations"]
+    out = {}
+    for op in ops:
+        src = op.path_or_fileobj
+        out[op.path_in_repo] = src.decode() if isinstance(src, bytes) else Path(src).read_text()
+    return out
+
+
+def test_publish_adds_the_eval_table_to_the_uploaded_card(tmp_path):
     cfg = PipelineConfig(workdir=str(tmp_path / "run"), testbed_out=str(tmp_path / "tb"))
     model = tmp_path / "run" / "models" / "merged"
     model.mkdir(parents=True)
@@ -108,16 +118,12 @@ def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
     (tmp_path / "run" / "report" / "table.md").write_text(
         "| run | accuracy |\n|---|---|\n| merged | 90 |\n"
     )
-    seen = {}
-
-    def upload_folder(folder_path, **kw):
-        seen["card"] = open(f"{folder_path}/README.md").read()
-
     api = mock.Mock()
     api.create_repo.return_value = "https://hf.co/me/m"
-    api.upload_folder.side_effect = upload_folder
     assert publish(cfg, "merged", "me/m", api=api) == "https://hf.co/me/m"
-    assert "| merged | 90 |" in seen["card"] and "## Evaluation" in seen["card"]
+    files = _uploaded(api)
+    assert "| merged | 90 |" in files["README.md"] and "## Evaluation" in files["README.md"]
+    assert "config.json" in files
     assert "Evaluation" not in (model / "README.md").read_text()  # the run itself is untouched
     with pytest.raises(ShortcotError, match="no finished model"):
         publish(cfg, "dler", "me/m", api=api)
@@ -134,22 +140,17 @@ def test_publish_dataset_goes_to_a_dataset_repo_without_cache_files(tmp_path):
     data.mkdir(parents=True)
     for name in ("summary.json", "data-00000-of-00001.arrow", "cache-123.arrow", "README.md"):
         (data / name).write_text("{}" if name != "README.md" else "# compressed chains\n")
+    (data / "checkpoint-3").mkdir()
+    (data / "checkpoint-3" / "x.bin").write_text("x")
     (tmp_path / "run" / "report").mkdir()
     (tmp_path / "run" / "report" / "table.md").write_text("| run |\n|---|\n| distilled |\n")
-    seen = {}
-
-    def upload_folder(folder_path, **kw):
-        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-        seen["card"] = open(f"{folder_path}/README.md").read()
-        seen["repo_type"] = kw["repo_type"]
-
     api.create_repo.return_value = "https://hf.co/datasets/me/d"
-    api.upload_folder.side_effect = upload_folder
     assert publish(cfg, "dataset", "me/d", api=api) == "https://hf.co/datasets/me/d"
-    assert seen["repo_type"] == "dataset"
     assert api.create_repo.call_args.kwargs["repo_type"] == "dataset"
-    assert seen["files"] == ["README.md", "data-00000-of-00001.arrow", "summary.json"]
-    assert "# compressed chains" in seen["card"] and "| distilled |" in seen["card"]
+    assert api.create_commit.call_args.kwargs["repo_type"] == "dataset"
+    files = _uploaded(api)
+    assert sorted(files) == ["README.md", "data-00000-of-00001.arrow", "summary.json"]
+    assert "# compressed chains" in files["README.md"] and "| distilled |" in files["README.md"]
 
 
 def test_threads_set_every_stage_environment_and_key():
@@ -188,7 +189,9 @@ def test_stage_settings_file_is_what_the_stage_reads(tmp_path):
 
 
 def test_pipeline_flags_and_mappings_parse():
-    cfg = _load("configs/pipeline/testbed.yaml", "--rl_args", "{max_steps: 3}", "--merge_density", "0.5")
+    cfg = _load(
+        "configs/pipeline/testbed.yaml", "--rl_args", "{max_steps: 3}", "--merge_density", "0.5"
+    )
     assert cfg.rl_args == {"max_steps": 3} and cfg.merge_density == 0.5
     with pytest.raises(ShortcotError, match="not a YAML mapping|not a mapping"):
         _load("configs/pipeline/testbed.yaml", "--rl_args", "[1, 2]")
