@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from artifacts.errors import ShortcotError, run_cli
+from artifacts.jsonl import write_jsonl
 from artifacts.outdir import atomic_output_dir
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 from testbed.task import generate_split, to_record
@@ -186,12 +187,6 @@ def tokenize_examples(
 # ---------------------------------------------------------------------------- build
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
 def _card(cfg: BuildConfig, log: list, seconds: float) -> tuple[str, str]:
     summary = (
         "The shortcot CPU testbed: a tiny Llama trained by SFT on overthinking traces of a running "
@@ -277,7 +272,7 @@ def build(
         write_model_card(tmp / "model", title, summary, recipe=cfg.to_dict(), tags=["testbed"])
         (tmp / "data").mkdir()
         for split, problems in data.items():
-            _write_jsonl(
+            write_jsonl(
                 tmp / "data" / f"{split}.jsonl",
                 [to_record(p, split, i) for i, p in enumerate(problems)],
             )
