@@ -8,7 +8,7 @@ and the same settings (T 0.6, top-p 0.95, ``--max_new_tokens``) go through:
 
 * ``transformers``: ``model.generate(do_sample=True)``, one call per batch: what a user
   would write (results then depend on the batch size and order: one global generator);
-* ``shortcot, one call``: `evals.backends.HFBackend` with eviction turned off
+* ``shortcot, one call``: `evals.hf_backend.HFBackend` with eviction turned off
   (``EVICT_EVERY`` = max tokens): per-sample seeded sampling, one ``generate`` call per batch;
 * ``shortcot``: the backend as shipped: finished rows leave the batch every ``EVICT_EVERY``
   tokens.
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers import GenerationConfig
 
-    import evals.backends as backends
+    import evals.hf_backend as backends
     from evals.backends import Request, SamplingParams, load_backend
 
     if args.threads:
