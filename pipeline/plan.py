@@ -246,7 +246,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             "compare",
             "evals.compare",
             {
-                "evals": [str(p.eval_dir(n)) for n in MODELS],
+                "dirs": [str(p.eval_dir(n)) for n in MODELS],
                 "labels": list(MODELS),
                 "plot": str(cfg_report_dir(cfg) / "pareto.png"),
                 "out": str(cfg_report_dir(cfg) / "table.md"),
