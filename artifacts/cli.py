@@ -45,6 +45,34 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
+class YamlMapping(dict):
+    """A field holding a mapping: a YAML recipe writes it as a mapping, the command line as
+    YAML text (``--rl_args '{max_steps: 20, learning_rate: 1e-5}'``).
+
+    HfArgumentParser calls a field's type on the command-line string, and a plain ``dict``
+    cannot parse one; this type can.
+
+    >>> YamlMapping("{max_steps: 20}")
+    {'max_steps': 20}
+    """
+
+    def __init__(self, value: Any = ()):
+        if isinstance(value, str):
+            import yaml
+
+            try:
+                value = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                raise ShortcotError(
+                    f"{value!r} is not a YAML mapping; write e.g. '{{max_steps: 20}}'"
+                ) from None
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ShortcotError(f"{value!r} is not a mapping; write e.g. '{{max_steps: 20}}'")
+        super().__init__(value)
+
+
 @dataclasses.dataclass
 class HubArguments:
     """Publishing, with the names of ``transformers.TrainingArguments`` (``push_to_hub``,
@@ -68,7 +96,9 @@ def _parser_class():
     from trl import TrlParser
 
     class Parser(TrlParser):
-        def error(self, message: str):  # argparse would print usage and exit with a traceback-less 2
+        def error(
+            self, message: str
+        ):  # argparse would print usage and exit with a traceback-less 2
             raise ShortcotError(f"{message}; see python -m {self.prog} --help")
 
     return Parser

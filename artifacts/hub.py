@@ -71,25 +71,61 @@ def push_folder(
     repo_type: str = "model",
     commit_message: str = "Upload with shortcot",
     api=None,
+    *,
+    ignore_patterns: list[str] | None = None,
+    readme: str | None = None,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; returns the repo URL.
+    """Create ``repo_id`` if needed and upload ``folder`` in one commit; returns the repo URL.
 
-    ``api`` is an `huggingface_hub.HfApi` (injectable so tests run without network).
+    ``ignore_patterns``: files to leave out, as `huggingface_hub` matches them (``fnmatch``
+    on the path relative to ``folder``, where ``*`` also crosses ``/``). ``readme``: the text
+    to upload as ``README.md`` in place of the folder's own (e.g. its card plus an evaluation
+    table), so that nothing is copied and the folder is never modified. ``api`` is an
+    `huggingface_hub.HfApi` (injectable so tests run without network).
     """
     from huggingface_hub import HfApi
 
     api = api or HfApi()
     try:
         url = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            repo_type=repo_type,
-            commit_message=commit_message,
-        )
+        if readme is None:
+            api.upload_folder(
+                folder_path=str(folder),
+                repo_id=repo_id,
+                repo_type=repo_type,
+                commit_message=commit_message,
+                ignore_patterns=ignore_patterns,
+            )
+        else:
+            api.create_commit(
+                repo_id=repo_id,
+                repo_type=repo_type,
+                operations=upload_operations(folder, ignore_patterns, readme),
+                commit_message=commit_message,
+            )
     except Exception as err:
         raise ShortcotError(
             f"upload of {folder} to {repo_id} failed ({type(err).__name__}: {err}); "
             "log in with `hf auth login` or set HF_TOKEN, and check the repo id"
         ) from err
     return str(url)
+
+
+def upload_operations(
+    folder: str | os.PathLike, ignore_patterns: list[str] | None, readme: str
+) -> list:
+    """The commit that uploads ``folder`` with ``readme`` as its README.md: one
+    ``CommitOperationAdd`` per kept file, pointing at the file where it is (nothing copied),
+    chosen as ``upload_folder`` chooses them (its default patterns leave out ``.git`` and
+    ``.cache/huggingface``), and the README from memory.
+    """
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    root = Path(folder).expanduser().resolve()  # as upload_folder does
+    files = {p.relative_to(root).as_posix(): p for p in sorted(root.glob("**/*")) if p.is_file()}
+    ignore = [*(ignore_patterns or []), *DEFAULT_IGNORE_PATTERNS, "README.md"]
+    kept = filter_repo_objects(files, ignore_patterns=ignore)
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in kept] + [
+        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode())
+    ]

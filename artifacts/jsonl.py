@@ -26,6 +26,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write ``records`` to ``path``, one JSON object a line (the one JSONL writer).
+
+    Non-ASCII text is kept as is (``ensure_ascii=False``); for ASCII records the bytes are
+    those of ``json.dumps``' defaults.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:

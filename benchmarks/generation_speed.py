@@ -1,14 +1,14 @@
 """Sampling speed of the evaluation's HF backend against plain transformers ``generate``.
 
     python benchmarks/generation_speed.py --model runs/testbed/model \
-        --data runs/testbed/data/test.jsonl --problems 256 --batch-size 128
+        --data runs/testbed/data/test.jsonl --problems 256 --batch_size 128
 
-The same prompts (chat template applied, sorted longest first, batches of ``--batch-size``)
-and the same settings (T 0.6, top-p 0.95, ``--max-new-tokens``) go through:
+The same prompts (chat template applied, sorted longest first, batches of ``--batch_size``)
+and the same settings (T 0.6, top-p 0.95, ``--max_new_tokens``) go through:
 
 * ``transformers``: ``model.generate(do_sample=True)``, one call per batch: what a user
   would write (results then depend on the batch size and order: one global generator);
-* ``shortcot, one call``: `evals.backends.HFBackend` with eviction turned off
+* ``shortcot, one call``: `evals.hf_backend.HFBackend` with eviction turned off
   (``EVICT_EVERY`` = max tokens): per-sample seeded sampling, one ``generate`` call per batch;
 * ``shortcot``: the backend as shipped: finished rows leave the batch every ``EVICT_EVERY``
   tokens.
@@ -20,31 +20,51 @@ and the one-call backend produce the same tokens for every sample (they must).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="runs/testbed/model", help="HF model folder")
-    ap.add_argument("--data", default="runs/testbed/data/test.jsonl", help="JSONL with 'problem'")
-    ap.add_argument("--problems", type=int, default=256, help="prompts to sample (1 each)")
-    ap.add_argument("--batch-size", type=int, default=128, help="sequences per batch")
-    ap.add_argument("--max-new-tokens", type=int, default=448, help="token limit")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per variant")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = ap.parse_args(argv)
+
+@dataclass
+class GenerationSpeedArguments:
+    """The benchmark's settings."""
+
+    model: str = arg("runs/testbed/model", "HF model folder")
+    data: str = arg("runs/testbed/data/test.jsonl", "JSONL with 'problem'")
+    problems: int = arg(256, "prompts to sample (1 each)")
+    batch_size: int = arg(128, "sequences per batch")
+    max_new_tokens: int = arg(448, "token limit")
+    repeats: int = arg(3, "interleaved runs per variant")
+    threads: int | None = arg(None, "torch threads (default: torch's)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[GenerationSpeedArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [GenerationSpeedArguments],
+        argv,
+        prog="benchmarks.generation_speed",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
 
     import torch
     from transformers import GenerationConfig
 
-    import evals.backends as backends
+    import evals.hf_backend as backends
     from evals.backends import Request, SamplingParams, load_backend
 
     if args.threads:
@@ -124,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"eviction changed no token: {same}")
     if not same:
         raise SystemExit("eviction changed the output: this is a bug")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

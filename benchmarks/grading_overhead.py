@@ -18,16 +18,21 @@ Identical strings are left out: both paths return them without parsing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 
 
 def pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -79,11 +84,26 @@ def timed(fn, items) -> float:
     return (time.perf_counter() - t) / len(items)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+@dataclass
+class GradingOverheadArguments:
+    """The benchmark's settings."""
+
+    pairs: int = arg(300, "(answer, reference) pairs to grade")
+    repeats: int = arg(3, "interleaved passes; the figure is their median")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[GradingOverheadArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [GradingOverheadArguments],
+        argv,
+        prog="benchmarks.grading_overhead",
+        description=__doc__.splitlines()[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     logging.disable(logging.CRITICAL)
     from evals.verify import _worker, check_answer, precheck, timeout
 
@@ -107,7 +127,8 @@ def main() -> None:
         "ms_round_trip": round(med["rt"], 3),
     }
     print(json.dumps(result, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -22,15 +22,20 @@ assembly). Goal: the DLER additions cost under 10%.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 
 
 def run_variant(variant: str, args, workdir: Path) -> tuple[list[float], float | None, list[float]]:
@@ -124,25 +129,34 @@ def run_variant(variant: str, args, workdir: Path) -> tuple[list[float], float |
     return times, (statistics.mean(rounds) if rounds else None), added[1:]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="runs/testbed/model", help="HF model folder")
-    p.add_argument("--data", default="runs/testbed/data/train.jsonl", help="problems (.jsonl)")
-    p.add_argument(
-        "--grader", default="testbed", help="grader name (math | testbed | module:function)"
+@dataclass
+class TrainerOverheadArguments:
+    """The benchmark's settings."""
+
+    model: str = arg("runs/testbed/model", "HF model folder")
+    data: str = arg("runs/testbed/data/train.jsonl", "problems (.jsonl)")
+    grader: str = arg("testbed", "grader name (math | testbed | module:function)")
+    steps: int = arg(11, "steps per run (the first is dropped)")
+    repeats: int = arg(3, "interleaved runs per variant")
+    batch: int = arg(64, "completions per step")
+    num_generations: int = arg(8, "rollouts per prompt")
+    max_completion_length: int = arg(48, "generation limit (tokens)")
+    threads: int = arg(1, "torch CPU threads (1 is fastest on a shared CPU)")
+    out: str | None = arg(None, "write the results as JSON here")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainerOverheadArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [TrainerOverheadArguments],
+        argv,
+        prog="benchmarks.trainer_overhead",
+        description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--steps", type=int, default=11, help="steps per run (the first is dropped)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per variant")
-    p.add_argument("--batch", type=int, default=64, help="completions per step")
-    p.add_argument("--num-generations", type=int, default=8, help="rollouts per prompt")
-    p.add_argument(
-        "--max-completion-length", type=int, default=48, help="generation limit (tokens)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)"
-    )
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
 
     import torch
 
@@ -186,4 +200,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

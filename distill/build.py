@@ -159,11 +159,7 @@ def teacher_eval_config(cfg: BuildConfig, work_dir: Path):
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        batch_size=cfg.batch_size,
         seed=cfg.seed,
-        backend=cfg.backend,
-        dtype=cfg.dtype,
-        device=cfg.device,
         prompt_opens_think=cfg.prompt_opens_think,
         **engine,
     )

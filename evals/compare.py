@@ -1,9 +1,9 @@
 """Compare evaluation runs: a side-by-side table and the accuracy-versus-tokens Pareto plot.
 
-    python -m evals.compare runs/eval/base runs/eval/dler runs/eval/merged \\
+    python -m evals.compare --dirs runs/eval/base runs/eval/dler runs/eval/merged \\
         --labels base DLER merged --plot pareto.png --out table.md
 
-Each DIR is an ``evals.run`` output folder (its ``summary.json`` is read). Changes are
+Each of ``--dirs`` is an ``evals.run`` output folder (its ``summary.json`` is read). Changes are
 relative to the first run: accuracy in percentage points, tokens in percent, the way the
 papers report "x% fewer tokens at y points of accuracy". A run is on the Pareto front
 when no other run is at least as accurate with at most as many tokens (and strictly
@@ -12,11 +12,13 @@ better in one of the two).
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts import cli
+from artifacts.cli import arg
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_write_text
 
@@ -259,25 +261,33 @@ def plot_pareto(
     tmp.replace(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m evals.compare",
+@dataclass
+class CompareConfig:
+    """Settings of ``python -m evals.compare`` (the flags and recipe keys, one to one)."""
+
+    dirs: list[str] = arg(help="evals.run output folders; the first is the baseline")
+    labels: list[str] | None = arg(None, "one label per folder (default: folder names)")
+    plot: str | None = arg(None, "write the Pareto plot to this PNG file")
+    out: str | None = arg(None, "write the markdown table to this file")
+    title: str = arg("Accuracy vs tokens", "plot title")
+    force: bool = arg(False, "overwrite existing --plot / --out files")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[CompareConfig]:
+    """Flags and ``--config`` recipe (same keys, flags win) -> (CompareConfig,)."""
+    return cli.parse_args(
+        [CompareConfig],
+        argv,
+        prog="evals.compare",
         description="Compare evals.run output folders: a markdown table (accuracy, tokens, "
         "change against the first run) and an accuracy-vs-tokens Pareto plot.",
+        epilog="example: python -m evals.compare --dirs runs/eval/base runs/eval/dler "
+        "--labels base DLER --plot pareto.png --out table.md",
     )
-    p.add_argument("dirs", nargs="+", help="evals.run output folders; the first is the baseline")
-    p.add_argument(
-        "--labels", nargs="+", default=None, help="one label per folder (default: folder names)"
-    )
-    p.add_argument("--plot", default=None, help="write the Pareto plot to this PNG file")
-    p.add_argument("--out", default=None, help="write the markdown table to this file")
-    p.add_argument("--title", default="Accuracy vs tokens", help="plot title")
-    p.add_argument("--force", action="store_true", help="overwrite existing --plot / --out files")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    (args,) = parse_args(argv)
     labels = args.labels or [Path(d).name for d in args.dirs]
     if len(labels) != len(args.dirs):
         raise ShortcotError(

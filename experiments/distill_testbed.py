@@ -1,14 +1,14 @@
 """Compressed-CoT distillation on the CPU testbed: the README table.
 
     python experiments/distill_testbed.py                       # runs/testbed -> runs/distill_testbed
-    python experiments/distill_testbed.py --train-limit 64 --test-limit 32 --testbed /tmp/tb_tiny
+    python experiments/distill_testbed.py --train_limit 64 --test_limit 32 --testbed /tmp/tb_tiny
 
 1. `distill.build`: sample ``--samples`` chains per training problem from the testbed
    model itself, keep the shortest correct, cut it at the first correct solution and
    prune redundant re-checks (``--strategy``; answer detector ``testbed``).
 2. `distill.sft`: fine-tune the testbed model on that dataset (full fine-tuning).
 3. `evals.run.evaluate`: base and distilled model on the test split (grader ``testbed``),
-   and optionally extra models (``--extra NAME=PATH``, e.g. the DLER model) and a control
+   and optionally extra models (``--extra NAME=PATH ...``, e.g. the DLER model) and a control
    fine-tuned on the same problems' uncompressed correct chains (``--control``), which
    separates the effect of compression from that of one more round of SFT.
 4. ``OUT/results.md`` / ``results.json``: accuracy (with its standard error), mean
@@ -21,15 +21,19 @@ continues where an interrupted one stopped. Keeps to the 2 shared CPU cores: tor
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
 from distill.build import BuildConfig, build  # noqa: E402
 from distill.sft import train  # noqa: E402
 from distill.sft_config import SFTRecipe  # noqa: E402
@@ -48,62 +52,46 @@ def stage(name: str, out: Path, fn):
     return res
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--testbed", default="runs/testbed", help="testbed build folder (model/, data/)")
-    p.add_argument(
-        "--out", default="runs/distill_testbed", help="where datasets, models, evals and results go"
-    )
-    p.add_argument(
-        "--strategy",
-        default="shortest-correct,first-correct,step-prune",
-        help="distill.build pipeline",
-    )
-    p.add_argument(
-        "--keep-verification",
-        action="store_true",
-        help="first-correct keeps one verification round",
-    )
-    p.add_argument("--train-limit", type=int, default=128, help="training problems to sample from")
-    p.add_argument("--samples", type=int, default=4, help="chains sampled per training problem")
-    p.add_argument("--test-limit", type=int, default=256, help="test problems")
-    p.add_argument("--eval-samples", type=int, default=2, help="samples per test problem")
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=448,
-        help="generation cap (the testbed model has 512 positions)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=512,
-        help="generation batch size (512 is fastest per sequence on CPU)",
-    )
-    p.add_argument("--lr", type=float, default=5e-4, help="SFT learning rate")
-    p.add_argument("--epochs", type=float, default=4.0, help="SFT epochs")
-    p.add_argument("--sft-batch-size", type=int, default=16, help="SFT batch size")
-    p.add_argument(
-        "--control", action="store_true", help="also fine-tune on uncompressed correct chains"
-    )
-    p.add_argument(
-        "--extra", action="append", default=[], metavar="NAME=PATH", help="more models to evaluate"
-    )
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument(
-        "--teacher-traces",
-        type=int,
-        metavar="N",
-        help="instead of the model experiment: compare the strategies on N problems x --samples "
+@dataclass
+class DistillTestbedArguments:
+    """The experiment's settings."""
+
+    testbed: str = arg("runs/testbed", "testbed build folder (model/, data/)")
+    out: str = arg("runs/distill_testbed", "where datasets, models, evals and results go")
+    strategy: str = arg("shortest-correct,first-correct,step-prune", "distill.build pipeline")
+    keep_verification: bool = arg(False, "first-correct keeps one verification round")
+    train_limit: int = arg(128, "training problems to sample from")
+    samples: int = arg(4, "chains sampled per training problem")
+    test_limit: int = arg(256, "test problems")
+    eval_samples: int = arg(2, "samples per test problem")
+    max_new_tokens: int = arg(448, "generation cap (the testbed model has 512 positions)")
+    batch_size: int = arg(512, "generation batch size (512 is fastest per sequence on CPU)")
+    lr: float = arg(5e-4, "SFT learning rate")
+    epochs: float = arg(4.0, "SFT epochs")
+    sft_batch_size: int = arg(16, "SFT batch size")
+    control: bool = arg(False, "also fine-tune on uncompressed correct chains")
+    extra: list[str] = arg([], "more models to evaluate", metavar="NAME=PATH")
+    threads: int = arg(2, "torch CPU threads")
+    teacher_traces: int | None = arg(
+        None,
+        "instead of the model experiment: compare the strategies on N problems x --samples "
         "traces of the testbed's long-chain teacher (no model needed; seconds)",
+        metavar="N",
     )
-    p.add_argument(
-        "--tokenizer",
-        help="with --teacher-traces: tokenizer for token counts (default: the testbed model's)",
+    tokenizer: str | None = arg(
+        None, "with --teacher_traces: tokenizer for token counts (default: the testbed model's)"
     )
-    args = p.parse_args(argv)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DistillTestbedArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [DistillTestbedArguments], argv, prog="experiments.distill_testbed", description=__doc__
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     if args.teacher_traces:
         tok = args.tokenizer or str(Path(args.testbed) / "model")
         table = strategy_table(args.teacher_traces, args.samples, tok)
@@ -177,7 +165,7 @@ def main(argv=None) -> int:
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(
         json.dumps(
-            {"settings": vars(args), "dataset": ds_summary, "eval": summaries},
+            {"settings": asdict(args), "dataset": ds_summary, "eval": summaries},
             indent=2,
             default=str,
         )
@@ -285,4 +273,4 @@ def results_table(summaries: dict, ds: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

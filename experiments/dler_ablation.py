@@ -4,7 +4,7 @@ with all-zero reward.
 
     python experiments/dler_ablation.py --testbed runs/testbed --out runs/dler_ablation
 
-Trains, from ``TESTBED/model``, with the same truncation reward at ``--target-length``
+Trains, from ``TESTBED/model``, with the same truncation reward at ``--target_length``
 (generation capped there too) and the same compute budget, for each seed:
 
 - ``naive``: truncation GRPO (group std, no dynamic sampling, symmetric clip;
@@ -14,11 +14,11 @@ Trains, from ``TESTBED/model``, with the same truncation reward at ``--target-le
 - ``dler - batch std``, ``dler - dynamic sampling``, ``dler - clip higher``: DLER with one
   part switched off (``advantage=grpo`` / ``dynamic_sampling=false`` / ``epsilon_high=0.2``);
 - ``da-dler``: DLER with DA-DLER's difficulty-aware target (easy prompts, correct ratio
-  >= 0.5, get ``--da-short-target``; the others ``--target-length``).
+  >= 0.5, get ``--da_short_target``; the others ``--target_length``).
 
 Before training it measures the budget's hardness on the base model: 8 samples of each of
-the first ``--probe-prompts`` training prompts at the training temperature (1.0) and
-``--target-length`` tokens, and the share of those groups with no sample rewarded
+the first ``--probe_prompts`` training prompts at the training temperature (1.0) and
+``--target_length`` tokens, and the share of those groups with no sample rewarded
 (correct and finished within L_T): the groups that start with all-zero reward.
 
 Each model is evaluated on the first ``--limit`` test problems x ``--samples`` samples
@@ -29,14 +29,16 @@ overall and on the hardest difficulty, and of mean tokens. Writes ``OUT/results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import run_cli  # noqa: E402
 from artifacts.jsonl import read_jsonl  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
@@ -76,22 +78,42 @@ def fmt(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * ms[0]:.{digits}f} ± {scale * ms[1]:.{digits}f}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--testbed", default="runs/testbed", help="testbed folder (model/ and data/)")
-    p.add_argument("--out", default="runs/dler_ablation", help="output folder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
-    p.add_argument("--target-length", type=int, default=40, help="L_T (and generation cap)")
-    p.add_argument("--da-short-target", type=int, default=32, help="DA-DLER's easy-prompt L_T")
-    p.add_argument(
-        "--probe-prompts", type=int, default=128, help="prompts for the zero-group probe"
+@dataclass
+class AblationArguments:
+    """The experiment's settings."""
+
+    testbed: str = arg("runs/testbed", "testbed folder (model/ and data/)")
+    out: str = arg("runs/dler_ablation", "output folder")
+    seeds: list[int] = arg([0, 1, 2], "training seeds")
+    variants: list[str] = arg(
+        list(VARIANTS), "variants to train, some of: " + ", ".join(f"'{v}'" for v in VARIANTS)
     )
-    p.add_argument("--limit", type=int, default=512, help="test problems per evaluation")
-    p.add_argument("--samples", type=int, default=2, help="evaluation samples per problem")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = p.parse_args(argv)
+    steps: int = arg(40, "optimizer steps per run")
+    target_length: int = arg(40, "L_T (and generation cap)")
+    da_short_target: int = arg(32, "DA-DLER's easy-prompt L_T")
+    probe_prompts: int = arg(128, "prompts for the zero-group probe")
+    limit: int = arg(512, "test problems per evaluation")
+    samples: int = arg(2, "evaluation samples per problem")
+    threads: int = arg(1, "torch CPU threads")
+
+    def __post_init__(self):
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[AblationArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [AblationArguments],
+        argv,
+        prog="experiments.dler_ablation",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)

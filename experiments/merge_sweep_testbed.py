@@ -10,28 +10,45 @@ per-difficulty table from ``OUT/sweep.md``; the plot is ``OUT/pareto.png``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import ShortcotError, run_cli  # noqa: E402
 
 
+@dataclass
+class MergeSweepTestbedArguments:
+    """The experiment's settings."""
+
+    testbed: str = arg("runs/testbed", "testbed folder (the base model)")
+    pipeline: str = arg("runs/pipeline", "pipeline workdir (models/dler)")
+    out: str = arg("runs/merge_sweep", "merge.sweep output folder")
+    densities: list[float] = arg([0.1, 0.25, 0.5], "densities of the grid")
+    scales: list[float] = arg([0.5, 0.7, 1.0], "scales of the grid")
+    limit: int = arg(512, "test problems")
+    samples: int = arg(2, "samples per problem")
+    force: bool = arg(False, "replace an existing --out")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[MergeSweepTestbedArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [MergeSweepTestbedArguments],
+        argv,
+        prog="experiments.merge_sweep_testbed",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--testbed", default="runs/testbed", help="testbed folder (the base model)")
-    p.add_argument("--pipeline", default="runs/pipeline", help="pipeline workdir (models/dler)")
-    p.add_argument("--out", default="runs/merge_sweep", help="merge.sweep output folder")
-    p.add_argument("--densities", default="0.1,0.25,0.5")
-    p.add_argument("--scales", default="0.5,0.7,1.0")
-    p.add_argument("--limit", type=int, default=512, help="test problems")
-    p.add_argument("--samples", type=int, default=2, help="samples per problem")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    args = p.parse_args(argv)
+    (args,) = parse_args(argv)
     tuned = Path(args.pipeline) / "models" / "dler"
     if not (tuned / "config.json").exists():
         raise ShortcotError(f"no DLER model at {tuned}; run python -m pipeline run first")
@@ -42,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tuned", str(tuned),
         "--data", str(Path(args.testbed) / "data" / "test.jsonl"),
         "--eval-config", str(ROOT / "configs" / "evals" / "testbed.yaml"),
-        "--densities", *args.densities.split(","),
-        "--scales", *args.scales.split(","),
+        "--densities", *map(str, args.densities),
+        "--scales", *map(str, args.scales),
         "--limit", str(args.limit),
         "--samples", str(args.samples),
         "--out", args.out,

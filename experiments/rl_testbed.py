@@ -15,16 +15,18 @@ evaluation are seeded.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import run_cli  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
 from experiments.common import evaluate_model, require_testbed, train_run  # noqa: E402
@@ -73,43 +75,49 @@ def results_markdown(rows: list[dict], costs: dict[str, dict], table: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--testbed", default="runs/testbed", help="testbed folder (model/ and data/)")
-    p.add_argument(
-        "--out", default="runs/rl_testbed", help="output folder (models, evals, results)"
-    )
-    p.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run"
-    )
-    p.add_argument("--samples", type=int, default=1, help="evaluation samples per test problem")
-    p.add_argument(
-        "--limit", type=int, default=None, help="evaluate on the first N test problems only"
-    )
-    p.add_argument("--max-new-tokens", type=int, default=320, help="evaluation generation limit")
-    p.add_argument("--batch-size", type=int, default=128, help="evaluation generation batch size")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1 is fastest for tiny models on a shared CPU)",
-    )
-    p.add_argument("--force", action="store_true", help="delete OUT and start over")
-    p.add_argument(
-        "--train-only",
-        action="store_true",
-        help="train and evaluate --methods only, without the baseline and the table "
+@dataclass
+class RLTestbedArguments:
+    """The experiment's settings."""
+
+    testbed: str = arg("runs/testbed", "testbed folder (model/ and data/)")
+    out: str = arg("runs/rl_testbed", "output folder (models, evals, results)")
+    methods: list[str] = arg(list(METHODS), f"methods to run, some of: {' '.join(METHODS)}")
+    samples: int = arg(1, "evaluation samples per test problem")
+    limit: int | None = arg(None, "evaluate on the first N test problems only")
+    max_new_tokens: int = arg(320, "evaluation generation limit")
+    batch_size: int = arg(128, "evaluation generation batch size")
+    threads: int = arg(1, "torch CPU threads (1 is fastest for tiny models on a shared CPU)")
+    force: bool = arg(False, "delete OUT and start over")
+    train_only: bool = arg(
+        False,
+        "train and evaluate --methods only, without the baseline and the table "
         "(to run methods in parallel processes; a final run without it writes the table)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
+    overrides: list[str] = arg(
+        [],
+        "train.rl overrides for every recipe, e.g. --set max_steps=20",
+        aliases=["--set"],
         metavar="KEY=VALUE",
-        help="overrides for every recipe, e.g. --set max_steps=20",
     )
-    args = p.parse_args(argv)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RLTestbedArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [RLTestbedArguments],
+        argv,
+        prog="experiments.rl_testbed",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)

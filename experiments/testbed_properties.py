@@ -10,7 +10,7 @@ Evaluates ``TESTBED/model`` on ``TESTBED/data/test.jsonl`` with `evals.run.evalu
   tokenized with the model's tokenizer, EOS included as in the completions);
 - accuracy at shorter budgets: a sample counts as correct at budget B when it is correct
   and ended within B tokens. Samples are seeded per problem and sample index
-  (`evals.backends`), so this is exactly what a run with ``--max-new-tokens B`` would
+  (`evals.backends`), so this is exactly what a run with ``--max_new_tokens B`` would
   score, without generating again;
 - what the model's own checks do (`testbed.teacher.audit_trace`): how many traces made a
   wrong step, how many of those a check fixed, and how many checks were useless;
@@ -22,16 +22,19 @@ Writes ``OUT/properties.json`` and ``OUT/properties.md`` next to the evaluation'
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import ShortcotError, run_cli  # noqa: E402
 from artifacts.jsonl import read_jsonl  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
@@ -143,33 +146,30 @@ def to_markdown(r: dict, build: dict | None, settings: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description="Measure the testbed's properties (accuracy, overthinking, budgets)."
+@dataclass
+class PropertiesArguments:
+    """The experiment's settings."""
+
+    testbed: str = arg("runs/testbed", "a `python -m testbed.build` output folder")
+    out: str = arg("runs/testbed_properties", "evaluation + properties output folder")
+    split: Literal["test", "monitor"] = arg("test", "which held-out split")
+    limit: int | None = arg(None, "first N problems (default: all)")
+    samples: int = arg(1, "samples per problem")
+    temperature: float = arg(0.6, "sampling temperature (0 = greedy)")
+    max_new_tokens: int = arg(512, "generation limit (the longest budget)")
+    budgets: list[int] = arg([30, 40, 60, 80, 120, 160, 240, 512], "token budgets")
+    batch_size: int = arg(64, "generation batch size")
+    force: bool = arg(False, "redo the evaluation from scratch")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PropertiesArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [PropertiesArguments],
+        argv,
+        prog="experiments.testbed_properties",
+        description="Measure the testbed's properties (accuracy, overthinking, budgets).",
     )
-    ap.add_argument(
-        "--testbed", default="runs/testbed", help="a `python -m testbed.build` output folder"
-    )
-    ap.add_argument(
-        "--out", default="runs/testbed_properties", help="evaluation + properties output folder"
-    )
-    ap.add_argument(
-        "--split", default="test", choices=["test", "monitor"], help="which held-out split"
-    )
-    ap.add_argument("--limit", type=int, default=None, help="first N problems (default: all)")
-    ap.add_argument("--samples", type=int, default=1, help="samples per problem")
-    ap.add_argument(
-        "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)"
-    )
-    ap.add_argument(
-        "--max-new-tokens", type=int, default=512, help="generation limit (the longest budget)"
-    )
-    ap.add_argument(
-        "--budgets", default="30,40,60,80,120,160,240,512", help="comma-separated token budgets"
-    )
-    ap.add_argument("--batch-size", type=int, default=64, help="generation batch size")
-    ap.add_argument("--force", action="store_true", help="redo the evaluation from scratch")
-    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from evals.run import EvalConfig, evaluate
 
-    args = parse_args(argv)
+    (args,) = parse_args(argv)
     tb = Path(args.testbed)
     if not (tb / "model" / "config.json").exists():
         raise ShortcotError(
@@ -202,8 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(list(problems)[: args.limit] if args.limit else problems)
     samples = [s for s in samples if s["id"] in wanted and s["sample"] < args.samples]
     tok = AutoTokenizer.from_pretrained(tb / "model")
-    budgets = [int(b) for b in args.budgets.split(",")]
-    result = measure(samples, problems, tok, budgets)
+    result = measure(samples, problems, tok, args.budgets)
     build = json.loads((tb / "build.json").read_text()) if (tb / "build.json").exists() else None
     if build:
         result["build_seconds"] = build["seconds"]

@@ -19,21 +19,23 @@ Writes ``OUT/results.md`` and ``OUT/results.json``; the build and evaluations ar
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import ShortcotError, run_cli  # noqa: E402
 from artifacts.jsonl import read_jsonl  # noqa: E402
 from artifacts.outdir import atomic_write_text  # noqa: E402
 from evals.grading import split_think  # noqa: E402
 from experiments.common import evaluate_model, level  # noqa: E402
+from testbed.build import PresetName, build, make_config  # noqa: E402
 from testbed.task import parse_problem  # noqa: E402
 from testbed.teacher import audit_trace  # noqa: E402
 
@@ -73,18 +75,31 @@ def check_audit(samples_file: Path, data_file: Path) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--testbed", default="runs/testbed_checks", help="a testbed build of --preset")
-    p.add_argument("--preset", default="checks", help="the testbed.build preset it was built with")
-    p.add_argument("--out", default="runs/useful_checks", help="output folder")
-    p.add_argument("--limit", type=int, default=512, help="test problems")
-    p.add_argument("--samples", type=int, default=4, help="samples per problem")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1, as testbed.build)")
-    args = p.parse_args(argv)
-    import torch
+@dataclass
+class UsefulChecksArguments:
+    """The experiment's settings."""
 
-    from testbed.build import build, make_config
+    testbed: str = arg("runs/testbed_checks", "a testbed build of --preset")
+    preset: PresetName = arg("checks", "the testbed.build preset it was built with")
+    out: str = arg("runs/useful_checks", "output folder")
+    limit: int = arg(512, "test problems")
+    samples: int = arg(4, "samples per problem")
+    threads: int = arg(1, "torch CPU threads (1, as testbed.build)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[UsefulChecksArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [UsefulChecksArguments],
+        argv,
+        prog="experiments.useful_checks",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
+    import torch
 
     torch.set_num_threads(args.threads)
     testbed, out = Path(args.testbed), Path(args.out)

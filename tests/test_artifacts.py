@@ -183,6 +183,54 @@ def test_push_folder_uses_api_without_network(tmp_path):
         push_folder(tmp_path, "me/x", api=api)
 
 
+def test_push_folder_with_a_new_card_is_one_commit_and_copies_nothing(tmp_path, monkeypatch):
+    """A new README (the card plus a table) goes up with the folder's files in one commit;
+    each file is read where it is, ignored ones stay out, the folder is left as it was."""
+    import shutil
+
+    folder = tmp_path / "model"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / ".git").mkdir()
+    for name in ("config.json", "model.safetensors", "cache-1.arrow", "checkpoint-2/x.pt"):
+        (folder / name).write_text(name)
+    (folder / ".git" / "HEAD").write_text("ref")
+    (folder / "README.md").write_text("# model\n")
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("push_folder copied a file")
+
+    for name in ("copy", "copy2", "copyfile", "copytree"):
+        monkeypatch.setattr(shutil, name, no_copy)
+    api = mock.Mock()
+    api.create_repo.return_value = "https://hf.co/datasets/me/x"
+    url = push_folder(
+        folder,
+        "me/x",
+        repo_type="dataset",
+        api=api,
+        commit_message="with the table",
+        ignore_patterns=["checkpoint-*", "cache-*.arrow"],
+        readme="# model\n\n| table |\n",
+    )
+    assert url == "https://hf.co/datasets/me/x"
+    api.upload_folder.assert_not_called()
+    api.create_commit.assert_called_once()
+    kw = api.create_commit.call_args.kwargs
+    assert (kw["repo_id"], kw["repo_type"], kw["commit_message"]) == (
+        "me/x",
+        "dataset",
+        "with the table",
+    )
+    ops = {op.path_in_repo: op.path_or_fileobj for op in kw["operations"]}
+    assert ops == {
+        "config.json": str(folder.resolve() / "config.json"),
+        "model.safetensors": str(folder.resolve() / "model.safetensors"),
+        "README.md": b"# model\n\n| table |\n",
+    }
+    assert (folder / "README.md").read_text() == "# model\n"  # the folder is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_run_cli_prints_one_line_and_exits_2():
     code = (
         "from artifacts.errors import run_cli, ShortcotError\n"

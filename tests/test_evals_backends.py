@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from artifacts.errors import ShortcotError
-from evals.backends import Request, SamplingParams, _PerRowSampler, load_backend
+from evals.backends import Request, SamplingParams, load_backend
+from evals.hf_backend import _PerRowSampler
 
 MESSAGES = [
     [{"role": "user", "content": "What is 12 + 7?"}],
@@ -152,7 +153,7 @@ def test_bad_backend_and_missing_vllm(tiny_model_dir):
 def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
     """Rows leave the batch when they finish (every EVICT_EVERY tokens); every completion
     must equal what one uninterrupted ``generate`` call over the whole batch produces."""
-    import evals.backends as backends
+    import evals.hf_backend as backends
 
     prompts = [backend.prompt_ids(m) for m in MESSAGES]
     reqs = [Request(p, k) for p in prompts for k in range(3)]
@@ -206,7 +207,7 @@ def test_current_cache_api_no_deprecation(backend, monkeypatch):
     import logging
     import warnings
 
-    import evals.backends as backends
+    import evals.hf_backend as backends
 
     reqs = [Request(backend.prompt_ids(m), k) for m in MESSAGES for k in range(2)]
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)

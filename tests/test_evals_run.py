@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from artifacts.errors import ShortcotError
 from artifacts.jsonl import read_jsonl, write_jsonl
@@ -209,7 +210,8 @@ def test_cli_end_to_end_and_bad_input(setup, tmp_path, capsys, monkeypatch):
         "artifacts.hub.push_folder",
         lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or "url",
     )
-    assert run_cli.main(argv(out, "--push-to-hub", "me/evals", "--private")) == 0
+    hub = ["--push_to_hub", "--hub_model_id", "me/evals", "--hub_private_repo"]
+    assert run_cli.main(argv(out, *hub)) == 0
     assert "wrote" in capsys.readouterr().out
     assert pushed == [(str(out), "me/evals", {"private": True, "repo_type": "dataset"})]
     assert len(records(out)) == 1
@@ -313,7 +315,20 @@ def test_compare_cli_table_and_plot(tmp_path, capsys):
     plot, table = tmp_path / "pareto.png", tmp_path / "table.md"
     assert (
         compare_cli.main(
-            [a, b, c, "--labels", "base", "DLER", "bad", "--plot", str(plot), "--out", str(table)]
+            [
+                "--dirs",
+                a,
+                b,
+                c,
+                "--labels",
+                "base",
+                "DLER",
+                "bad",
+                "--plot",
+                str(plot),
+                "--out",
+                str(table),
+            ]  # fmt: skip
         )
         == 0
     )
@@ -323,12 +338,36 @@ def test_compare_cli_table_and_plot(tmp_path, capsys):
     assert text in capsys.readouterr().out
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ShortcotError, match="already exists"):
-        compare_cli.main([a, b, "--plot", str(plot)])
-    compare_cli.main([a, b, "--plot", str(plot), "--force"])
+        compare_cli.main(["--dirs", a, b, "--plot", str(plot)])
+    compare_cli.main(["--dirs", a, b, "--plot", str(plot), "--force"])
     with pytest.raises(ShortcotError, match="labels"):
-        compare_cli.main([a, b, "--labels", "x"])
+        compare_cli.main(["--dirs", a, b, "--labels", "x"])
     with pytest.raises(ShortcotError, match="no summary.json"):
-        compare_cli.main([a, str(tmp_path)])
+        compare_cli.main(["--dirs", a, str(tmp_path)])
+    with pytest.raises(ShortcotError, match="required: --dirs"):
+        compare_cli.main([a, b])  # folders are given with --dirs
+    # the same settings from a recipe (keys = field names), a flag winning over it
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(f"dirs: [{a}, {b}]\nlabels: [base, DLER]\nout: {table}\nforce: true\n")
+    (cfg,) = compare_cli.parse_args(["--config", str(recipe), "--title", "t"])
+    assert (cfg.dirs, cfg.labels, cfg.out, cfg.force, cfg.title) == (
+        [a, b],
+        ["base", "DLER"],
+        str(table),
+        True,
+        "t",
+    )
+    assert compare_cli.main(["--config", str(recipe)]) == 0
+    assert "| DLER | 62.0 |" in table.read_text()
+
+
+def test_every_setting_has_a_help_text():
+    from evals.compare import CompareConfig
+    from evals.engine import EngineOptions
+
+    for cls in (EvalConfig, EngineOptions, CompareConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 
 
 def test_r1_style_template_opens_think_block_in_prompt(setup, tmp_path):
@@ -365,28 +404,46 @@ def test_r1_style_template_opens_think_block_in_prompt(setup, tmp_path):
 def test_config_file_and_flag_precedence(setup, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        f"model: {setup['model']}\ndata: {setup['data']}\nsamples: 3\ntemperature: 0.7\nmax-new-tokens: '12'\n"
+        f"model: {setup['model']}\ndata: {setup['data']}\nsamples: 3\ntemperature: 0.7\n"
+        "max_new_tokens: '12'\ntensor_parallel_size: 1\nhub_model_id: me/evals\n"
     )
-    cfg, options = run_cli.parse_config(["--config", str(recipe), "--out", "x", "--samples", "2"])
+    cfg, hub = run_cli.parse_args(["--config", str(recipe), "--out", "x", "--samples", "2"])
     assert (cfg.model, cfg.samples, cfg.temperature, cfg.max_new_tokens) == (
         setup["model"],
         2,
         0.7,
         12,
     )
-    assert options == {"push_to_hub": None, "private": False}
+    assert (hub.push_to_hub, hub.hub_model_id, hub.hub_repo()) == (False, "me/evals", None)
+    recipe.write_text("max-new-tokens: 12\n")  # recipe keys are the field names
+    with pytest.raises(ShortcotError, match="unknown key.*did you mean max_new_tokens"):
+        run_cli.parse_args(["--config", str(recipe), "--out", "x"])
     recipe.write_text("modle: typo\n")
     with pytest.raises(ShortcotError, match="unknown key"):
-        run_cli.parse_config(["--config", str(recipe), "--out", "x"])
-    with pytest.raises(ShortcotError, match="--model, --data required"):
-        run_cli.parse_config(["--out", "x"])
-    # the shipped recipes parse
-    for name in ("paper_protocol", "testbed"):
-        path = Path(__file__).parent.parent / "configs" / "evals" / f"{name}.yaml"
-        cfg, _ = run_cli.parse_config(
-            ["--config", str(path), "--model", "m", "--data", "d", "--out", "o"]
-        )
-        assert cfg.temperature == 0.6 and cfg.top_p == 0.95
+        run_cli.parse_args(["--config", str(recipe), "--out", "x"])
+    with pytest.raises(ShortcotError, match="required: --model, --data"):
+        run_cli.parse_args(["--out", "x"])
+    with pytest.raises(ShortcotError, match="--push_to_hub needs --hub_model_id"):
+        run_cli.main(["--model", "m", "--data", "d", "--out", str(tmp_path / "o"), "--push_to_hub"])
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+RECIPES = sorted((Path(__file__).parent.parent / "configs" / "evals").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_parse(recipe):
+    """Every recipe of configs/evals parses (dummy values for what a recipe leaves to the
+    command line) and passes the settings checks."""
+    from evals.config import validate
+
+    cfg, _ = run_cli.parse_args(
+        ["--config", str(recipe), "--model", "m", "--data", "d", "--out", "o"]
+    )
+    assert cfg.temperature == 0.6 and cfg.top_p == 0.95
+    validate(cfg)
+    keys = set(yaml.safe_load(recipe.read_text()))
+    assert keys <= {f.name for f in dataclasses.fields(EvalConfig)}
 
 
 # ----------------------------------------------- the answer contract on thinking templates
@@ -460,16 +517,20 @@ def test_thinking_templates_graded_by_the_answer_contract(
 
 
 def test_prompt_opens_think_flag_parses_and_is_checked(setup):
-    cfg, _ = run_cli.parse_config(
-        ["--model", "m", "--data", "d", "--out", "o", "--prompt-opens-think", "yes"]
+    from artifacts.cli import HubArguments, make_parser
+
+    cfg, _ = run_cli.parse_args(
+        ["--model", "m", "--data", "d", "--out", "o", "--prompt_opens_think", "yes"]
     )
     assert cfg.prompt_opens_think == "yes"
     assert (
-        run_cli.parse_config(["--model", "m", "--data", "d", "--out", "o"])[0].prompt_opens_think
+        run_cli.parse_args(["--model", "m", "--data", "d", "--out", "o"])[0].prompt_opens_think
         == "auto"
     )
-    with pytest.raises(SystemExit):
-        run_cli.parse_config(
+    with pytest.raises(ShortcotError, match="invalid choice: 'x'"):
+        run_cli.parse_args(
             ["--model", "m", "--data", "d", "--out", "o", "--prompt-opens-think", "x"]
         )
-    assert "--prompt-opens-think" in run_cli.build_parser().format_help()
+    assert (
+        "--prompt_opens_think" in make_parser([EvalConfig, HubArguments], "evals.run").format_help()
+    )

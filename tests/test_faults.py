@@ -263,7 +263,7 @@ def _command(name: str, a: Path, out: Path) -> tuple:
                                                "--no-progress"]),
         "evals.run": (evals_run.main, ["--model", a / "base", "--data", problems, "--out", out,
                                        "--grader", "testbed", "--no-progress"]),
-        "evals.compare": (compare.main, [a / "eval_ref", "--out", out]),
+        "evals.compare": (compare.main, ["--dirs", a / "eval_ref", "--out", out]),
         "pipeline": (pipeline.main, ["run", f"workdir={out}", f"base_model={a / 'base'}",
                                      f"train_data={problems}", f"test_data={problems}"]),
     }[name]  # fmt: skip
@@ -399,7 +399,7 @@ def test_evals_and_distill_build_refuse_before_generating(
 
     monkeypatch.setattr(evals.backends, "load_backend", no_model)
     monkeypatch.setattr(evals_run, "load_backend", no_model)
-    (tmp_path / "wrong_type.yaml").write_text("samples: many\n")
+    (tmp_path / "wrong_type.yaml").write_text("limit: many\n")  # a key no flag overrides
     out = tmp_path / "out"
     change = {
         "not_callable": ["--grader", "not_callable:grade"],
@@ -410,7 +410,7 @@ def test_evals_and_distill_build_refuse_before_generating(
     expected = {
         "not_callable": "not a function",
         "config_not_yaml": "not valid YAML",
-        "config_wrong_type": "'many' is not a valid int",
+        "config_wrong_type": "invalid int value: 'many'",
     }[case]
     assert expected in line, line
     assert not out.exists()

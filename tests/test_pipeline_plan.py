@@ -8,15 +8,20 @@ from unittest import mock
 
 import pytest
 
-from artifacts.config import load_config
+from artifacts.cli import parse_args
 from artifacts.errors import ShortcotError
 from pipeline.config import PipelineConfig
-from pipeline.plan import plan
+from pipeline.plan import EVALS_RUN, TRAIN_RL, plan
 from pipeline.publish import publish
 
 
 def _by_name(stages):
     return {s.name: s for s in stages}
+
+
+def _load(path: str, *flags: str) -> PipelineConfig:
+    (cfg,) = parse_args([PipelineConfig], ["--config", path, *flags], prog="pipeline run")
+    return cfg
 
 
 def test_default_plan_runs_the_dler_story_on_the_testbed():
@@ -36,24 +41,23 @@ def test_default_plan_runs_the_dler_story_on_the_testbed():
     ]
     s = _by_name(stages)
     assert s["testbed"].force_flag is None  # testbed.build has its own cache: never force a rebuild
-    assert "model=runs/testbed/model" in s["rl"].args
+    rl, rl2 = s["rl"].config, s["rl2"].config
+    assert rl[TRAIN_RL["model"]] == "runs/testbed/model"
+    assert rl[TRAIN_RL["grader"]] == "testbed"
+    # every stage reads its settings from one YAML file in the state folder
+    assert all(x.args == ["--config", f"runs/pipeline/.stages/{x.name}.yaml"] for x in stages)
     # the second RL stage continues from the first stage's model into the DLER model
-    rl_out = s["rl"].args[s["rl"].args.index("--out") + 1]
+    rl_out = rl[TRAIN_RL["out"]]
     assert rl_out == "runs/pipeline/models/dler_stage1" and s["rl"].output.as_posix() == rl_out
-    assert f"model={rl_out}" in s["rl2"].args
-    assert s["rl2"].args[s["rl2"].args.index("--out") + 1] == "runs/pipeline/models/dler"
+    assert rl2[TRAIN_RL["model"]] == rl_out
+    assert rl2[TRAIN_RL["out"]] == "runs/pipeline/models/dler"
     assert s["rl2"].settings["model"] == s["rl"].key()  # a new first stage reruns the second
     assert s["merge"].settings["tuned"] == s["rl2"].key()
     assert s["eval_dler"].settings["model"] == s["rl2"].key()
-    merge = s["merge"].args
-    assert merge[merge.index("--tuned") + 1] == "runs/pipeline/models/dler"
-    assert (
-        merge[merge.index("--density") + 1] == "0.25" and merge[merge.index("--scale") + 1] == "0.7"
-    )
-    assert (
-        s["eval_distilled"].args[s["eval_distilled"].args.index("--model") + 1]
-        == "runs/pipeline/models/distilled"
-    )
+    merge = s["merge"].config
+    assert merge["tuned"] == "runs/pipeline/models/dler"
+    assert merge["density"] == 0.25 and merge["scale"] == 0.7
+    assert s["eval_distilled"].config[EVALS_RUN["model"]] == "runs/pipeline/models/distilled"
     assert all(s[f"eval_{m}"].resumes_in_place for m in ("base", "dler", "merged", "distilled"))
 
 
@@ -64,7 +68,8 @@ def test_changed_upstream_settings_invalidate_downstream_stages(tmp_path):
     assert a["merge"].key() != b["merge"].key()
     assert a["eval_merged"].key() != b["eval_merged"].key()
     assert a["eval_dler"].key() == b["eval_dler"].key()
-    c = _by_name(plan(PipelineConfig(rl_overrides=["learning_rate=1e-5"])))
+    c = _by_name(plan(PipelineConfig(rl_args={"learning_rate": 1e-5})))
+    assert c["rl"].config["learning_rate"] == 1e-5
     assert c["rl"].key() != a["rl"].key()
     assert c["merge"].key() != a["merge"].key()  # the tuned model changed
     assert c["eval_dler"].key() != a["eval_dler"].key()
@@ -72,19 +77,16 @@ def test_changed_upstream_settings_invalidate_downstream_stages(tmp_path):
 
 
 def test_gpu_recipe_points_at_r1_and_skips_the_testbed():
-    cfg = load_config(PipelineConfig, "configs/pipeline/r1_1.5b_gpu.yaml")
-    stages = _by_name(plan(cfg))
+    stages = _by_name(plan(_load("configs/pipeline/r1_1.5b_gpu.yaml")))
     assert "testbed" not in stages
-    assert "model=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in stages["rl"].args
-    assert "math500" in stages["eval_base"].args
+    assert stages["rl"].config[TRAIN_RL["model"]] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert stages["eval_base"].config[EVALS_RUN["data"]] == "math500"
     # training stages run under accelerate on the GPU node; the others in plain Python
     launch = ["accelerate", "launch", "--num_processes", "8", "-m"]
     assert stages["rl"].command(False)[:6] == [*launch, "train.rl"]
     assert stages["distill_sft"].command(False)[:6] == [*launch, "distill.sft"]
     assert stages["merge"].command(False)[1:3] == ["-m", "merge.selective"]
-    single = _by_name(
-        plan(load_config(PipelineConfig, "configs/pipeline/r1_1.5b_gpu.yaml", ["train_launcher="]))
-    )
+    single = _by_name(plan(_load("configs/pipeline/r1_1.5b_gpu.yaml", "--train_launcher", "")))
     assert single["rl"].command(False)[1:3] == ["-m", "train.rl"]
     assert single["rl"].key() != stages["rl"].key()  # a launcher change reruns training
 
@@ -92,11 +94,21 @@ def test_gpu_recipe_points_at_r1_and_skips_the_testbed():
 def test_bad_pipeline_config_is_one_clear_error():
     with pytest.raises(ShortcotError, match="train_data and test_data"):
         plan(PipelineConfig(base_model="org/model"))
-    with pytest.raises(ShortcotError, match="recipe .* does not exist"):
+    with pytest.raises(ShortcotError, match="config file .* does not exist"):
         plan(PipelineConfig(rl_config="configs/train/nope.yaml"))
 
 
-def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
+def _uploaded(api) -> dict:
+    """path_in_repo -> content of the one commit `publish` made (mocked Hub)."""
+    ops = api.create_commit.call_args.kwargs["operations"]
+    out = {}
+    for op in ops:
+        src = op.path_or_fileobj
+        out[op.path_in_repo] = src.decode() if isinstance(src, bytes) else Path(src).read_text()
+    return out
+
+
+def test_publish_adds_the_eval_table_to_the_uploaded_card(tmp_path):
     cfg = PipelineConfig(workdir=str(tmp_path / "run"), testbed_out=str(tmp_path / "tb"))
     model = tmp_path / "run" / "models" / "merged"
     model.mkdir(parents=True)
@@ -106,16 +118,12 @@ def test_publish_adds_the_eval_table_to_a_copy_of_the_card(tmp_path):
     (tmp_path / "run" / "report" / "table.md").write_text(
         "| run | accuracy |\n|---|---|\n| merged | 90 |\n"
     )
-    seen = {}
-
-    def upload_folder(folder_path, **kw):
-        seen["card"] = open(f"{folder_path}/README.md").read()
-
     api = mock.Mock()
     api.create_repo.return_value = "https://hf.co/me/m"
-    api.upload_folder.side_effect = upload_folder
     assert publish(cfg, "merged", "me/m", api=api) == "https://hf.co/me/m"
-    assert "| merged | 90 |" in seen["card"] and "## Evaluation" in seen["card"]
+    files = _uploaded(api)
+    assert "| merged | 90 |" in files["README.md"] and "## Evaluation" in files["README.md"]
+    assert "config.json" in files
     assert "Evaluation" not in (model / "README.md").read_text()  # the run itself is untouched
     with pytest.raises(ShortcotError, match="no finished model"):
         publish(cfg, "dler", "me/m", api=api)
@@ -132,22 +140,17 @@ def test_publish_dataset_goes_to_a_dataset_repo_without_cache_files(tmp_path):
     data.mkdir(parents=True)
     for name in ("summary.json", "data-00000-of-00001.arrow", "cache-123.arrow", "README.md"):
         (data / name).write_text("{}" if name != "README.md" else "# compressed chains\n")
+    (data / "checkpoint-3").mkdir()
+    (data / "checkpoint-3" / "x.bin").write_text("x")
     (tmp_path / "run" / "report").mkdir()
     (tmp_path / "run" / "report" / "table.md").write_text("| run |\n|---|\n| distilled |\n")
-    seen = {}
-
-    def upload_folder(folder_path, **kw):
-        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-        seen["card"] = open(f"{folder_path}/README.md").read()
-        seen["repo_type"] = kw["repo_type"]
-
     api.create_repo.return_value = "https://hf.co/datasets/me/d"
-    api.upload_folder.side_effect = upload_folder
     assert publish(cfg, "dataset", "me/d", api=api) == "https://hf.co/datasets/me/d"
-    assert seen["repo_type"] == "dataset"
     assert api.create_repo.call_args.kwargs["repo_type"] == "dataset"
-    assert seen["files"] == ["README.md", "data-00000-of-00001.arrow", "summary.json"]
-    assert "# compressed chains" in seen["card"] and "| distilled |" in seen["card"]
+    assert api.create_commit.call_args.kwargs["repo_type"] == "dataset"
+    files = _uploaded(api)
+    assert sorted(files) == ["README.md", "data-00000-of-00001.arrow", "summary.json"]
+    assert "# compressed chains" in files["README.md"] and "| distilled |" in files["README.md"]
 
 
 def test_threads_set_every_stage_environment_and_key():
@@ -165,5 +168,30 @@ def test_threads_set_every_stage_environment_and_key():
 def test_one_rl_stage_without_rl2_config():
     stages = _by_name(plan(PipelineConfig(rl2_config="")))
     assert "rl2" not in stages
-    assert stages["rl"].args[stages["rl"].args.index("--out") + 1] == "runs/pipeline/models/dler"
+    assert stages["rl"].config[TRAIN_RL["out"]] == "runs/pipeline/models/dler"
     assert stages["merge"].settings["tuned"] == stages["rl"].key()
+
+
+def test_stage_settings_file_is_what_the_stage_reads(tmp_path):
+    """The YAML a stage is given holds exactly its config (recipe, then the pipeline's
+    values, then the user's *_args), and a change to it changes the stage's key."""
+    import yaml
+
+    stages = _by_name(plan(PipelineConfig(workdir=str(tmp_path), eval_args={"limit": 7})))
+    ev = stages["eval_base"]
+    assert ev.config["limit"] == 7
+    ev.write_config()
+    assert yaml.safe_load(ev.config_file.read_text()) == ev.config
+    other = _by_name(plan(PipelineConfig(workdir=str(tmp_path), eval_args={"limit": 8})))
+    assert other["eval_base"].key() != ev.key()
+    assert other["eval_dler"].key() != stages["eval_dler"].key()
+    assert other["rl"].key() == stages["rl"].key()
+
+
+def test_pipeline_flags_and_mappings_parse():
+    cfg = _load(
+        "configs/pipeline/testbed.yaml", "--rl_args", "{max_steps: 3}", "--merge_density", "0.5"
+    )
+    assert cfg.rl_args == {"max_steps": 3} and cfg.merge_density == 0.5
+    with pytest.raises(ShortcotError, match="not a YAML mapping|not a mapping"):
+        _load("configs/pipeline/testbed.yaml", "--rl_args", "[1, 2]")

@@ -413,6 +413,44 @@ def test_cli_errors_on_mismatch_without_force(tiny_build, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_cli_flags_and_recipe(tmp_path):
+    """The flags keep their names (--no-progress included); a YAML recipe sets the same keys."""
+    from typing import get_args
+
+    assert sorted(get_args(tb.PresetName)) == sorted(tb.PRESETS)
+    assert tb.parse_args(["--out", "x"]) == (tb.BuildArguments(out="x"), tb.HubArguments())
+    argv = ["--out", "x", "--preset", "tiny", "--no-progress", "--threads", "2", "--force"]
+    args, hub = tb.parse_args([*argv, "--seed", "3", "--steps", "4"])
+    assert args == tb.BuildArguments("x", "tiny", 3, 4, 2, True, False) and not hub.push_to_hub
+    recipe = tmp_path / "testbed.yaml"
+    recipe.write_text("out: runs/tb\npreset: checks\nprogress: false\nthreads: 2\n")
+    args, _ = tb.parse_args(["--config", str(recipe), "--threads", "3"])
+    assert (args.out, args.preset, args.progress, args.threads) == ("runs/tb", "checks", False, 3)
+    with pytest.raises(ShortcotError, match="invalid choice: 'huge'"):
+        tb.parse_args(["--out", "x", "--preset", "huge"])
+    with pytest.raises(ShortcotError, match="--threads must be positive, got 0"):
+        tb.main(["--out", str(tmp_path / "tb"), "--threads", "0"])
+    assert not (tmp_path / "tb").exists()
+
+
+def test_cli_pushes_the_model_folder(tiny_build, monkeypatch, capsys):
+    out, _ = tiny_build
+    calls = []
+
+    def push(folder, repo_id, private=False):
+        calls.append((folder, repo_id, private))
+        return f"https://hf.co/{repo_id}"
+
+    monkeypatch.setattr("artifacts.hub.push_folder", push)
+    argv = ["--out", str(out), "--preset", "tiny", "--no-progress"]
+    with pytest.raises(ShortcotError, match="--hub_model_id"):
+        tb.main([*argv, "--push_to_hub"])
+    hub = ["--push_to_hub", "--hub_model_id", "me/tb", "--hub_private_repo"]
+    assert tb.main([*argv, *hub]) == 0
+    assert calls == [(out / "model", "me/tb", True)]
+    assert "pushed" in capsys.readouterr().out
+
+
 def test_interrupted_build_resumes_to_the_same_model(tiny_build, tmp_path, monkeypatch):
     """Kill the build after a checkpoint, rerun: the result equals the uninterrupted build."""
     from safetensors.torch import load_file
@@ -503,6 +541,8 @@ def test_smollm2_fetch_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.parent.iterdir()) == ["smollm2"]
     monkeypatch.setattr(fetch, "convert", broken)
     assert fetch.fetch_smollm2(out) == out  # cached: no download, no conversion
+    assert fetch.parse_args(["--out", str(out)]) == (fetch.FetchArguments(str(out), None),)
+    assert fetch.main(["--out", str(out)]) == 0  # the command prints the cached folder
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
