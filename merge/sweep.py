@@ -12,13 +12,15 @@ with the fewest mean tokens (if none qualifies, the most accurate merge).
 
 or with a recipe: ``python -m merge.sweep --config configs/merge/sweep_testbed.yaml``.
 
-Resumable: each grid point's evaluation is kept under ``OUT.work/`` and skipped on a rerun
+Resumable: each grid point's evaluation is kept under ``OUT.work/``, keyed by its merge
+settings (`merge_key`), and skipped on a rerun that evaluates the same problems x samples
 (evaluations themselves resume); merged weights of grid points are deleted after they are
 evaluated (``--keep_merges`` keeps them) and the chosen merge is written to ``OUT/best``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -99,6 +101,14 @@ class SweepConfig:
     force: bool = arg(False, "replace an existing --out")
 
 
+def merge_key(cfg: SweepConfig) -> str:
+    """A short key of the merge settings that a grid point's folder name (``d0.25_s0.7``)
+    does not show: a rerun with another ``--scope``, ``--exclude`` or pair of models does
+    not reuse the merges and evaluations of this one under ``OUT.work/``."""
+    settings = {"base": cfg.base, "tuned": cfg.tuned, "scope": cfg.scope, "exclude": cfg.exclude}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, HubArguments]:
     """``[--config recipe.yaml] [--flags]`` -> the sweep's settings and the publishing of
     its chosen merge (``--push_to_hub`` uploads ``OUT/best``)."""
@@ -148,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     grid = [(d, s) for d in densities for s in scales]
+    key = merge_key(a)
     labels = ["base", "tuned"] + [_label(d, s) for d, s in grid]
     summaries = {}
     bar = tqdm(total=len(labels), desc="sweep", unit="model")
@@ -156,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update()
     for d, s in grid:
         name = _label(d, s)
-        folder = f"d{d:g}_s{s:g}"
+        folder = f"d{d:g}_s{s:g}-{key}"
         done = work / "eval" / folder / "summary.json"
         # reuse a grid point only if it was evaluated on the same problems x samples as the
         # base now (a rerun with a larger --limit grows every point, not just base/tuned)

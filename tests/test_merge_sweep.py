@@ -97,8 +97,8 @@ def test_sweep_end_to_end(pair, monkeypatch):
 
 
 def test_sweep_marks_the_paper_point_and_grows_with_limit(pair):
-    """The paper's 0.25 / 0.7 is labelled as such, and a rerun with a larger --limit
-    re-evaluates the grid points on the larger problem set instead of reusing the old ones."""
+    """The paper's 0.25 / 0.7 is labelled as such, and a rerun with a larger --limit or
+    another --scope re-evaluates the grid points instead of reusing the old ones."""
     root, *_ = pair
     out = root / "sweep_paper"
     args = [
@@ -127,3 +127,8 @@ def test_sweep_marks_the_paper_point_and_grows_with_limit(pair):
     assert main([*args, "--limit", "2", "--force"]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["n"] for r in rows] == ["2x1", "2x1", "2x1"]
+    # another scope is another merge: its grid point is merged and evaluated anew
+    work = root / "sweep_paper.work" / "eval"
+    assert len(list(work.glob("d0.25_s0.7-*"))) == 1
+    assert main([*args, "--limit", "2", "--force", "--scope", "global"]) == 0
+    assert len(list(work.glob("d0.25_s0.7-*"))) == 2
