@@ -108,12 +108,16 @@ def make_parser(types: Sequence[type], prog: str, description: str = "", epilog:
     """The argparse parser of ``types`` (a ``TrlParser``), for ``--help`` and for tests."""
     import argparse
 
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """Descriptions as written, and every flag's default in its help line."""
+
     return _parser_class()(
         dataclass_types=list(types),
         prog=prog,
         description=description,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
+        allow_abbrev=False,  # --densit is a typo, not --densities
     )
 
 
