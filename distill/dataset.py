@@ -1,4 +1,5 @@
-"""The compressed-CoT dataset: rows in chat format, their statistics, and saving them.
+"""The compressed-CoT dataset: rows in chat format, their statistics, and saving them (the
+save step of `distill.build`, `save_dataset`).
 
 Each row is what TRL's `SFTTrainer` takes as is (a conversational dataset):
 ``messages`` = the problem's prompt turn(s) + the assistant turn holding the compressed
@@ -10,12 +11,15 @@ columns it needs (`remove_unused_columns`), so the extra ones are harmless.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections import Counter
 from pathlib import Path
 
+from artifacts.cards import public_ref, write_dataset_card
 from artifacts.errors import ShortcotError
+from artifacts.outdir import atomic_output_dir
 
 FORMATS = ("disk", "jsonl", "parquet")
 DATA_FILES = {"jsonl": "data.jsonl", "parquet": "data.parquet"}
@@ -143,6 +147,34 @@ def save_rows(rows: list[dict], folder: Path, fmt: str) -> None:
         ds.to_json(str(folder / DATA_FILES["jsonl"]), lines=True, force_ascii=False)
     else:
         ds.to_parquet(str(folder / DATA_FILES["parquet"]))
+
+
+def save_dataset(
+    out: str, rows: list[dict], summary: dict, *, fmt: str, force: bool, teacher: str, recipe: dict
+) -> None:
+    """Write the dataset folder ``out`` atomically: the rows in ``fmt`` (`save_rows`),
+    ``summary.json`` / ``summary.md``, the settings (``build_config.json``, ``recipe``) and
+    the dataset card. Prints the summary table first, so a build that kept nothing shows why."""
+    strategy_name = summary["strategy"]
+    table = summary_markdown(summary)
+    print(table)
+    with atomic_output_dir(out, force=force) as tmp:
+        save_rows(rows, tmp, fmt)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "summary.md").write_text(table + "\n")
+        (tmp / "build_config.json").write_text(json.dumps(recipe, indent=2, default=str))
+        write_dataset_card(
+            tmp,
+            title=f"Compressed reasoning chains ({strategy_name})",
+            summary=(
+                f"{len(rows)} verified-correct reasoning chains from `{public_ref(teacher)}`, compressed with "
+                f"`{strategy_name}` (shortcot `distill.build`). Chat format (`messages`), ready for TRL's "
+                "SFTTrainer; per-example original and compressed token counts are columns."
+            ),
+            recipe=recipe,
+            stats_table=table,
+            source_models=[teacher],
+        )
 
 
 def load_rows(spec: str | os.PathLike, split: str = "train"):

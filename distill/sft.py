@@ -1,9 +1,14 @@
 """Fine-tune a student on a compressed-CoT dataset: ``python -m distill.sft``.
 
-    python -m distill.sft --student runs/testbed/model --data runs/distill/data \\
-        --out runs/distill/sft --config configs/distill/sft_testbed.yaml
+    python -m distill.sft --config configs/distill/sft_testbed.yaml \\
+        --student runs/testbed/model --data runs/distill/data --out runs/distill/sft
     python -m distill.sft --student Qwen/Qwen2.5-1.5B-Instruct --data DIR --out OUT \\
-        --lora --merge-lora learning_rate=1e-4
+        --use_peft --merge_lora --learning_rate 1e-4
+
+The settings are TRL's (`distill.sft_config`): `SFTConfig`'s fields (``--learning_rate``,
+``--max_steps``, ``--save_steps``, ``--push_to_hub`` ...), `ModelConfig`'s (``--student``
+= ``--model_name_or_path``, ``--dtype``, ``--use_peft``, ``--lora_r`` ...) and the data and
+housekeeping flags; a ``--config`` recipe takes the same names as keys.
 
 TRL's `SFTTrainer` does the training; this module only decides three things:
 
@@ -14,34 +19,37 @@ TRL's `SFTTrainer` does the training; this module only decides three things:
   turn. For any other template the rows are converted to prompt/completion form
   (prompt = the turns before the last, completion = the assistant turn) and TRL's
   ``completion_only_loss`` masks the prompt instead; the CLI says so when it happens.
-- Checkpoints go to a work folder (``OUT.work``) so ``--resume`` continues an interrupted
-  run; the final model is written atomically to ``--out``.
-- LoRA (peft) is saved as an adapter, or merged into the weights with ``--merge-lora``.
-  The card records the data and the full recipe.
+- Checkpoints go to a work folder (``--work_dir``, default ``OUT.work``) so ``--resume``
+  continues an interrupted run; the final model is written atomically to ``--out``
+  (``output_dir``), and uploaded from there with ``--push_to_hub`` (the trainer itself
+  never pushes).
+- LoRA (peft, from TRL's ``ModelConfig``: ``get_peft_config``) is saved as an adapter, or
+  merged into the weights with ``--merge_lora``. The card records the data and the recipe
+  (every setting that differs from its default).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from artifacts.cards import hub_id, public_ref, write_model_card
-from artifacts.config import load_config
+from artifacts.cli import parse_args as parse_cli
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output, check_writable
 from artifacts.resume import prepare_work_dir
 from distill.dataset import load_rows
-from distill.sft_config import SFTRecipe
+from distill.sft_config import DistillArguments, DistillSFTConfig, StudentConfig
 
 # Recipe keys that may change when a run is resumed (--resume): where things go, how long
 # it runs, how it logs. Any other change makes the checkpoints another run's.
 RESUMABLE_KEYS = (
-    "out",
+    "output_dir",
     "work_dir",
     "resume",
+    "force",
     "max_steps",
     "num_train_epochs",
     "save_steps",
@@ -106,38 +114,98 @@ def _dtype(name: str | None):
     return table[name]
 
 
-def train(
-    r: SFTRecipe, force: bool = False, push_to_hub: str | None = None, private: bool = False
-) -> dict:
-    """Run SFT per the recipe; returns the training summary (also in ``out/train_summary.json``)."""
+def mixed_precision(config: DistillSFTConfig, dtype: str | None) -> tuple[bool, bool]:
+    """(bf16, fp16) for the trainer: bf16 as given, or, left unset, on for a bfloat16
+    student and, with no dtype given, where the GPU supports it (fp32 on CPU); fp16 as
+    given or for a float16 student."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    from artifacts.hub import resolve_local
+    bf16 = config.bf16
+    if config.auto_bf16:
+        bf16 = dtype == "bfloat16" or (
+            dtype is None and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        )
+    return bool(bf16), bool(config.fp16 or dtype == "float16")
 
-    if not r.student or not r.data or not r.out:
+
+def trainer_config(config: DistillSFTConfig, model_args: StudentConfig, work: Path, mode: str):
+    """The `trl.SFTConfig` the trainer gets: ``config`` with the checkpoints in the work
+    folder, no Hub upload (the final folder is uploaded after the atomic move), the loss
+    mode of this template, and the precision of `mixed_precision`."""
+    from trl import SFTConfig
+
+    bf16, fp16 = mixed_precision(config, model_args.dtype)
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(SFTConfig) if f.init}
+    values.update(
+        output_dir=str(work),
+        push_to_hub=False,
+        hub_model_id=None,
+        hub_private_repo=None,
+        assistant_only_loss=mode == "assistant",
+        completion_only_loss=mode == "completion",
+        bf16=bf16,
+        fp16=fp16,
+    )
+    return SFTConfig(**values)
+
+
+def _given(obj, **required) -> dict:
+    """The init fields of ``obj`` that differ from a default instance (built with
+    ``required``), plus ``required``'s: what the recipe and the flags set."""
+    default = type(obj)(**{k: "" for k in required})
+    return {
+        f.name: getattr(obj, f.name)
+        for f in dataclasses.fields(obj)
+        if f.init and (f.name in required or getattr(obj, f.name) != getattr(default, f.name))
+    }
+
+
+def _check(args: DistillArguments, config: DistillSFTConfig, model_args: StudentConfig) -> None:
+    """Bad settings as one-line errors, before anything loads."""
+    if not model_args.model_name_or_path or not args.data or not config.output_dir:
         raise ShortcotError(
             "--student, --data and --out are required (on the command line or in --config)"
         )
-    if r.merge_lora and not r.lora:
-        raise ShortcotError("--merge-lora needs --lora; drop --merge-lora for full fine-tuning")
-    if r.max_steps == 0 or r.max_steps < -1:
+    if args.merge_lora and not model_args.use_peft:
+        raise ShortcotError("--merge_lora needs --use_peft; drop --merge_lora for full fine-tuning")
+    if config.max_steps == 0 or config.max_steps < -1:
         raise ShortcotError(
-            f"max_steps must be -1 (train for num_train_epochs) or >= 1, got {r.max_steps}"
+            f"max_steps must be -1 (train for num_train_epochs) or >= 1, got {config.max_steps}"
         )
-    if r.max_steps == -1 and not r.num_train_epochs > 0:
-        raise ShortcotError(f"num_train_epochs must be > 0, got {r.num_train_epochs}")
+    if config.max_steps == -1 and not config.num_train_epochs > 0:
+        raise ShortcotError(f"num_train_epochs must be > 0, got {config.num_train_epochs}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps"):
-        if getattr(r, key) < 1:
-            raise ShortcotError(f"{key} must be >= 1, got {getattr(r, key)}")
-    check_output(r.out, force)
-    check_writable(Path(r.work_dir or f"{r.out.rstrip('/')}.work").parent, "--work-dir")
-    student = resolve_local(r.student)
+        if getattr(config, key) < 1:
+            raise ShortcotError(f"{key} must be >= 1, got {getattr(config, key)}")
+    if config.resume_from_checkpoint:
+        raise ShortcotError(
+            "resume_from_checkpoint is not used by distill.sft; pass --resume to continue from "
+            "the last checkpoint in the work folder"
+        )
+    if config.push_to_hub and not config.hub_model_id:
+        raise ShortcotError("--push_to_hub needs --hub_model_id user/name; add it")
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        raise ShortcotError("distill.sft does not load quantized students; drop load_in_4bit/8bit")
+
+
+def train(args: DistillArguments, config: DistillSFTConfig, model_args: StudentConfig) -> dict:
+    """Run SFT; returns the training summary (also in ``out/train_summary.json``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer, get_peft_config
+
+    from artifacts.hub import resolve_local
+
+    _check(args, config, model_args)
+    out = config.output_dir
+    check_output(out, args.force)
+    check_writable(Path(args.work_dir or f"{out.rstrip('/')}.work").parent, "--work-dir")
+    revision = None if model_args.model_revision == "main" else model_args.model_revision
+    student = resolve_local(model_args.model_name_or_path, revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(str(student))
-    dataset = load_rows(r.data)
+    dataset = load_rows(args.data)
     _check_rows(dataset)
-    mode = loss_mode(tokenizer) if r.assistant_only_loss else "full"
+    mode = loss_mode(tokenizer) if config.assistant_only_loss else "full"
     if mode == "completion":
         print(
             "note: the student's chat template has no {% generation %} markers and TRL cannot patch it; "
@@ -145,61 +213,27 @@ def train(
         )
         dataset = to_prompt_completion(dataset)
 
-    work = Path(r.work_dir or f"{r.out.rstrip('/')}.work")
-    settings = {k: v for k, v in asdict(r).items() if k not in RESUMABLE_KEYS}
-    last = prepare_work_dir(work, settings, resume=r.resume, force=force)
+    work = Path(args.work_dir or f"{out.rstrip('/')}.work")
+    sft_args = trainer_config(config, model_args, work, mode)
+    record = {**sft_args.to_dict(), **dataclasses.asdict(model_args), **dataclasses.asdict(args)}
+    settings = {k: v for k, v in record.items() if k not in RESUMABLE_KEYS}
+    settings = json.loads(json.dumps(settings, default=str))  # as the work folder records it
+    last = prepare_work_dir(work, settings, resume=args.resume, force=args.force)
     if last:
         print(f"resuming from {last}")
 
+    load = {"attn_implementation": model_args.attn_implementation}
     model = AutoModelForCausalLM.from_pretrained(
-        str(student), dtype=_dtype(r.dtype) or torch.float32
-    )
-    peft_config = None
-    if r.lora:
-        from peft import LoraConfig
-
-        targets = r.lora_target_modules
-        peft_config = LoraConfig(
-            r=r.lora_r,
-            lora_alpha=r.lora_alpha,
-            lora_dropout=r.lora_dropout,
-            target_modules=targets
-            if targets == "all-linear"
-            else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM",
-        )
-    args = SFTConfig(
-        output_dir=str(work),
-        learning_rate=r.learning_rate,
-        num_train_epochs=r.num_train_epochs,
-        max_steps=r.max_steps,
-        per_device_train_batch_size=r.per_device_train_batch_size,
-        gradient_accumulation_steps=r.gradient_accumulation_steps,
-        warmup_steps=r.warmup_steps,
-        lr_scheduler_type=r.lr_scheduler_type,
-        weight_decay=r.weight_decay,
-        max_grad_norm=r.max_grad_norm,
-        max_length=r.max_length,
-        seed=r.seed,
-        gradient_checkpointing=r.gradient_checkpointing,
-        assistant_only_loss=mode == "assistant",
-        completion_only_loss=mode == "completion",
-        save_strategy="steps",
-        save_steps=r.save_steps,
-        save_total_limit=r.save_total_limit,
-        logging_steps=r.logging_steps,
-        report_to=r.report_to,
-        # mixed precision by default where it is supported (GPU), fp32 on CPU
-        bf16=r.dtype == "bfloat16"
-        or (r.dtype is None and torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
-        fp16=r.dtype == "float16",
+        str(student),
+        dtype=_dtype(model_args.dtype) or torch.float32,
+        **{k: v for k, v in load.items() if v is not None},
     )
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=sft_args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=get_peft_config(model_args),
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
 
@@ -210,117 +244,64 @@ def train(
         "loss_mode": mode,
         "runtime_s": result.metrics.get("train_runtime"),
     }
-    recipe = asdict(r)
-    with atomic_output_dir(r.out, force=force) as tmp:
+    lora = model_args.use_peft
+    recipe = {
+        **_given(args, data=args.data),
+        **_given(config, output_dir=out),
+        **_given(model_args, model_name_or_path=model_args.model_name_or_path),
+    }
+    recipe.pop("force", None)
+    with atomic_output_dir(out, force=args.force) as tmp:
         final = trainer.model
-        adapter = r.lora and not r.merge_lora
-        if r.lora and r.merge_lora:
+        adapter = lora and not args.merge_lora
+        if lora and args.merge_lora:
             final = final.merge_and_unload()
         final.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        student_ref = public_ref(model_args.model_name_or_path)
         write_model_card(
             tmp,
-            title=f"{Path(public_ref(r.student)).name} distilled on compressed chains of thought",
+            title=f"{Path(student_ref).name} distilled on compressed chains of thought",
             summary=(
-                f"`{public_ref(r.student)}` fine-tuned with TRL's SFTTrainer on `{public_ref(r.data)}` "
-                f"({len(dataset)} examples; {'LoRA adapter' if adapter else 'LoRA merged' if r.lora else 'full fine-tuning'}; "
+                f"`{student_ref}` fine-tuned with TRL's SFTTrainer on `{public_ref(args.data)}` "
+                f"({len(dataset)} examples; {'LoRA adapter' if adapter else 'LoRA merged' if lora else 'full fine-tuning'}; "
                 f"loss on the assistant turn: {mode}). Final train loss {result.training_loss:.4f} after "
                 f"{result.global_step} steps."
             ),
             recipe=recipe,
-            base_model=hub_id(r.student),
+            base_model=hub_id(model_args.model_name_or_path),
             base_model_relation="adapter" if adapter else "finetune",
-            tags=["distillation", "sft", *(["lora"] if r.lora else [])],
+            tags=["distillation", "sft", *(["lora"] if lora else [])],
             library_name="peft" if adapter else "transformers",
         )
     print(json.dumps(summary, indent=2))
-    print(f"wrote {r.out}")
-    if push_to_hub:
+    print(f"wrote {out}")
+    if config.push_to_hub:
         from artifacts.hub import push_folder
 
-        print(f"pushed to {push_folder(r.out, push_to_hub, private=private)}")
+        private = bool(config.hub_private_repo)
+        print(f"pushed to {push_folder(out, config.hub_model_id, private=private)}")
     return summary
 
 
-_HELP = {
-    "student": "student model folder or Hub id (its chat template formats the data)",
-    "data": "the --out of distill.build (any --format), a .jsonl/.parquet file, or a Hub dataset id",
-    "out": "final model folder (written atomically at the end)",
-    "work_dir": "checkpoint folder for --resume (default: OUT.work)",
-    "learning_rate": "peak learning rate",
-    "num_train_epochs": "passes over the data",
-    "max_steps": "optimizer steps (> 0 overrides --num-train-epochs)",
-    "per_device_train_batch_size": "examples per device per step",
-    "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "warmup_steps": "linear warmup: < 1 = fraction of the steps, >= 1 = number of steps",
-    "lr_scheduler_type": "transformers scheduler name (cosine, linear, constant, ...)",
-    "weight_decay": "AdamW weight decay",
-    "max_grad_norm": "gradient clipping norm",
-    "max_length": "tokens per example; longer ones are truncated",
-    "seed": "random seed",
-    "dtype": "model dtype: float32, bfloat16 or float16 (default float32)",
-    "gradient_checkpointing": "trade compute for memory",
-    "assistant_only_loss": "loss on the assistant turn only (false = on the whole conversation)",
-    "lora": "train a LoRA adapter (peft) instead of all weights",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha (scale = alpha / r)",
-    "lora_dropout": "LoRA dropout",
-    "lora_target_modules": "all-linear or a comma-separated list of module names",
-    "merge_lora": "merge the LoRA adapter into the weights on save (needs --lora)",
-    "save_steps": "checkpoint every N steps (into the work folder)",
-    "save_total_limit": "checkpoints kept",
-    "logging_steps": "log every N steps",
-    "resume": "continue from the last checkpoint in the work folder",
-    "report_to": "trainer loggers (none, tensorboard, wandb, ...)",
-}
-
-
-def parse_args(argv: Sequence[str] | None):
-    p = argparse.ArgumentParser(
-        prog="python -m distill.sft",
-        description="Fine-tune a student on a compressed-CoT dataset with TRL's SFTTrainer (full or LoRA). "
-        "Settings come from --config YAML, then flags, then trailing key=value overrides.",
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[DistillArguments, DistillSFTConfig, StudentConfig]:
+    """The command line (and its ``--config`` recipe) as (data and housekeeping, TRL's
+    SFTConfig, TRL's ModelConfig)."""
+    return parse_cli(
+        [DistillArguments, DistillSFTConfig, StudentConfig],
+        argv,
+        prog="distill.sft",
+        description="Fine-tune a student on a compressed-CoT dataset with TRL's SFTTrainer "
+        "(full or LoRA).",
+        epilog=__doc__.split("\n\n", 1)[1],
     )
-    p.add_argument(
-        "--config",
-        help="YAML recipe (fields of distill.sft_config.SFTRecipe), e.g. configs/distill/sft_testbed.yaml",
-    )
-    defaults = SFTRecipe()
-    for f in fields(SFTRecipe):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_ = f"{_HELP[f.name]} (default: {default!r})"
-        if isinstance(default, bool):
-            p.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_
-            )
-        else:
-            kind = {int: int, float: float}.get(type(default), str)
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=help_)
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite an existing --out (and restart over old checkpoints)",
-    )
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the model folder to this Hub repo")
-    p.add_argument("--private", action="store_true", help="make the Hub repo private")
-    p.add_argument(
-        "overrides", nargs="*", help="key=value overrides of recipe fields, e.g. learning_rate=1e-4"
-    )
-    ns = p.parse_args(argv)
-    flags = [
-        f"{f.name}={json.dumps(getattr(ns, f.name))}"
-        for f in fields(SFTRecipe)
-        if getattr(ns, f.name) is not None
-    ]
-    recipe = load_config(SFTRecipe, ns.config, [*flags, *ns.overrides])
-    return recipe, ns
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    recipe, ns = parse_args(argv)
-    train(recipe, force=ns.force, push_to_hub=ns.push_to_hub, private=ns.private)
+    train(*parse_args(argv))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Each strategy takes the surviving traces of one problem and returns a `StageResult`: the
 traces it keeps (possibly rewritten, shorter) and a reason for each one it drops. They
-compose: `run_pipeline` grades the raw samples (only verified-correct, finished,
+compose: `distill.compress.run_pipeline` grades the raw samples (only verified-correct, finished,
 well-formatted traces enter: docs/algorithms.md §4, the rule every strategy shares),
 applies the strategies in the order given, and re-verifies what comes out.
 
@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from artifacts.errors import ShortcotError
 from distill.answers import AnswerDetector, get_detector, is_correct_answer
 from distill.steps import (
     REFLECTION_WORDS,
@@ -43,7 +42,7 @@ from distill.steps import (
     split_completion,
     split_steps,
 )
-from evals.grading import Grade, Grader, answer_part, grade_completion
+from evals.grading import Grade, Grader, grade_completion
 
 
 @dataclass(frozen=True)
@@ -421,112 +420,3 @@ def step_prune(
         res.kept.append(with_text(t, pruned, ctx))
         res.notes.append("step-prune: pruned")
     return res
-
-
-# ---------------------------------------------------------------------------- pipeline
-
-STRATEGIES = ("shortest-correct", "first-correct", "step-prune", "any-correct")
-
-
-@dataclass
-class StrategyOptions:
-    """Options of the strategies (the CLI flags of `distill.build`)."""
-
-    max_ratio_to_median: float | None = None
-    keep_verification: bool = False
-    on_fail: str = "keep"
-    prune_threshold: float = 0.02
-    prune_max_drop_fraction: float = 1.0
-
-
-def parse_pipeline(spec: str | Sequence[str]) -> list[str]:
-    """``"shortest-correct,first-correct"`` -> ``["shortest-correct", "first-correct"]``."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    if not names:
-        raise ShortcotError(
-            f"--strategy is empty; use one or more of {', '.join(STRATEGIES)}, comma-separated"
-        )
-    for n in names:
-        if n not in STRATEGIES:
-            raise ShortcotError(
-                f"unknown strategy {n!r}; use one or more of {', '.join(STRATEGIES)}, comma-separated"
-            )
-    return names
-
-
-def make_strategy(name: str, opts: StrategyOptions, scorer=None) -> Strategy:
-    if name == "shortest-correct":
-        return lambda ts, ctx: shortest_correct(ts, ctx, opts.max_ratio_to_median)
-    if name == "any-correct":
-        return any_correct
-    if name == "first-correct":
-        return lambda ts, ctx: first_correct(ts, ctx, opts.keep_verification, opts.on_fail)
-    if name == "step-prune":
-        return lambda ts, ctx: step_prune(
-            ts, ctx, scorer, opts.prune_threshold, opts.prune_max_drop_fraction
-        )
-    raise ShortcotError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
-
-
-def verify_trace(t: Trace, ctx: Context) -> str | None:
-    """Why a raw trace cannot enter the pipeline, or None when it can. A trace whose think
-    block (opened by the teacher's prompt or by the trace) is never closed has no answer
-    (the answer contract), whatever it boxed while thinking."""
-    if not t.finished:
-        return "truncated"
-    if answer_part(t.text, ctx.prompt_opens_think) is None:
-        return "unclosed think block"
-    g = ctx.verdict(t.text)
-    if not g.formatted:
-        return "unformatted"
-    if getattr(g, "ungradable", False):
-        return "ungradable"
-    if not g.correct:
-        return "incorrect"
-    return None
-
-
-@dataclass
-class ProblemResult:
-    kept: list[Trace]
-    sample_drops: list[str]
-    notes: list[str]
-    problem_drop: str | None  # why the problem yields no example, None when it does
-    correct_tokens: list[int] = field(
-        default_factory=list
-    )  # lengths of the traces that graded correct
-
-
-def run_pipeline(
-    traces: Sequence[Trace], ctx: Context, strategies: Sequence[tuple[str, Strategy]]
-) -> ProblemResult:
-    """Grade the raw traces, apply ``strategies`` in order, re-verify the survivors."""
-    drops: list[str] = []
-    notes: list[str] = []
-    kept: list[Trace] = []
-    for t in traces:
-        why = verify_trace(t, ctx)
-        if why:
-            drops.append(why)
-        else:
-            kept.append(t)
-    correct = [t.num_tokens for t in kept]
-    if not kept:
-        return ProblemResult([], drops, notes, "no correct sample")
-    for name, strategy in strategies:
-        res = strategy(list(kept), ctx)
-        drops += res.dropped
-        notes += res.notes
-        kept = res.kept
-        if not kept:
-            why = res.dropped[0] if res.dropped else f"{name}: nothing kept"
-            return ProblemResult([], drops, notes, why, correct)
-    final = []
-    for t in kept:
-        if ctx.grade(t.text):
-            final.append(t)
-        else:
-            drops.append("failed final re-verification")
-    return ProblemResult(
-        final, drops, notes, None if final else "failed final re-verification", correct
-    )

@@ -1,4 +1,6 @@
-"""Where the raw reasoning chains come from: a model sampled now, or traces on disk.
+"""The sample step of `distill.build`: where the raw reasoning chains come from, a model
+sampled now or traces on disk (`sample`, which hands plain data, `Samples`, to the
+compress step).
 
 A model teacher is sampled by the evaluation's engine, `evals.run.evaluate` (`sample_teacher`),
 so prompts (system prompt and chat template included: the teacher sees exactly the prompt
@@ -22,8 +24,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from artifacts.errors import ShortcotError
+
+if TYPE_CHECKING:
+    from distill.build_config import BuildConfig
 
 # Accepted field names, first present wins (evals.run's samples.jsonl, which is also the
 # work folder's, and the usual names of published trace dumps).
@@ -195,3 +201,104 @@ def dedupe_samples(traces: dict[str, list[RawTrace]]) -> dict[str, list[RawTrace
         by_index = {t.sample: t for t in group}
         out[pid] = [by_index[k] for k in sorted(by_index)]
     return out
+
+
+# ---------------------------------------------------------------------------- the step
+
+
+@dataclass
+class Samples:
+    """What the sample step hands to the compress step.
+
+    problems:   the problems that have traces, by id.
+    traces:     each problem's traces, one per sample index (`dedupe_samples`).
+    unparsable: records skipped, by reason.
+    tokenizer:  the model whose tokenizer counts tokens; None: whitespace words.
+    work_dir:   the teacher's evals.run folder (its samples.jsonl is reusable as
+                ``--teacher``); None when the traces came from a file.
+    """
+
+    problems: dict[str, ProblemInfo]
+    traces: dict[str, list[RawTrace]]
+    unparsable: Counter
+    tokenizer: str | None
+    work_dir: Path | None
+
+    @property
+    def from_traces(self) -> bool:
+        return self.work_dir is None
+
+
+def teacher_eval_config(cfg: BuildConfig, work_dir: Path):
+    """The `evals.run.EvalConfig` that samples a model teacher into ``work_dir``: the same
+    problems, prompt (template and system prompt), sampling settings, grader and answer
+    contract as the build, and its engine options (`evals.backends.EngineOptions`)."""
+    import dataclasses
+
+    from evals.backends import EngineOptions
+    from evals.run import EvalConfig
+
+    settings = dict(
+        model=cfg.teacher,
+        data=cfg.data,
+        out=str(work_dir),
+        problem_column=cfg.problem_column,
+        answer_column=cfg.answer_column,
+        id_column=cfg.id_column,
+        split=cfg.split,
+        limit=cfg.limit,
+        grader=cfg.grader,
+        prompt_template=cfg.prompt_template,
+        system_prompt=cfg.system_prompt,
+        samples=cfg.samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        prompt_opens_think=cfg.prompt_opens_think,
+    )
+    # every engine field (backend, batch size, dtype, device, vLLM's options)
+    settings.update(dataclasses.asdict(EngineOptions.from_config(cfg)))
+    return EvalConfig(**settings)
+
+
+def load_problem_infos(cfg: BuildConfig) -> dict[str, ProblemInfo]:
+    from evals.data import load_problems
+
+    probs = load_problems(
+        cfg.data,
+        problem_column=cfg.problem_column,
+        answer_column=cfg.answer_column,
+        id_column=cfg.id_column,
+        split=cfg.split,
+        limit=cfg.limit,
+    )
+    return {p.id: ProblemInfo(p.id, p.problem, p.answer, p.difficulty) for p in probs}
+
+
+def sample(cfg: BuildConfig) -> Samples:
+    """Sample the teacher model into the work folder (resumable), or read its trace file."""
+    teacher_path = Path(cfg.teacher).expanduser()
+    from_traces = teacher_path.exists() and is_trace_source(teacher_path)
+
+    problems = load_problem_infos(cfg) if cfg.data else None
+    if from_traces:
+        tokenizer = cfg.tokenizer
+        work_dir = None
+        problems, raw, unparsable = read_traces(teacher_path, problems)
+        if cfg.limit is not None and not cfg.data:
+            keep = list(raw)[: cfg.limit]
+            raw = {k: raw[k] for k in keep}
+    else:
+        if problems is None:
+            raise ShortcotError(
+                "--data is required when --teacher is a model; pass a problems file or preset"
+            )
+        work_dir = Path(cfg.work_dir or f"{cfg.out.rstrip('/')}.work")
+        samples_path = sample_teacher(teacher_eval_config(cfg, work_dir))
+        tokenizer = cfg.tokenizer or cfg.teacher
+        wanted = set(problems)
+        problems, raw, unparsable = read_traces(samples_path, problems)
+        raw = {k: v for k, v in raw.items() if k in wanted}
+    raw = dedupe_samples(raw)
+    return Samples(problems, raw, unparsable, tokenizer, work_dir)

@@ -35,9 +35,9 @@ from artifacts.cli import arg  # noqa: E402
 from artifacts.cli import parse_args as parse_cli  # noqa: E402
 from artifacts.errors import run_cli  # noqa: E402
 from distill.build import BuildConfig, build  # noqa: E402
+from distill.compress import StrategyOptions  # noqa: E402
 from distill.sft import train  # noqa: E402
-from distill.sft_config import SFTRecipe  # noqa: E402
-from distill.strategies import StrategyOptions  # noqa: E402
+from distill.sft_config import DistillArguments, DistillSFTConfig, StudentConfig  # noqa: E402
 from evals.run import EvalConfig, evaluate  # noqa: E402
 
 
@@ -120,28 +120,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             teacher=str(model), data=str(train_data), out=str(dest), strategy=strategy, grader="testbed",
             detector="testbed", samples=args.samples, max_new_tokens=args.max_new_tokens, limit=args.train_limit,
             batch_size=args.batch_size, work_dir=str(out / "samples"),
-            options=StrategyOptions(keep_verification=args.keep_verification),
         )  # fmt: skip
+
+    options = StrategyOptions(keep_verification=args.keep_verification)
 
     stage(
         "build compressed dataset",
         out / "data",
-        lambda: build(build_cfg(args.strategy, out / "data")),
+        lambda: build(build_cfg(args.strategy, out / "data"), options),
     )
     datasets_ = {"compressed": out / "data"}
     if args.control:
         # The same samples (same work folder), one correct chain per problem, uncompressed.
         ctrl = build_cfg("any-correct", out / "data_control")
-        stage("build control dataset", out / "data_control", lambda: build(ctrl))
+        stage("build control dataset", out / "data_control", lambda: build(ctrl, options))
         datasets_["control"] = out / "data_control"
 
     for name, data in datasets_.items():
-        recipe = SFTRecipe(
-            student=str(model), data=str(data), out=str(out / f"sft_{name}"), learning_rate=args.lr,
-            num_train_epochs=args.epochs, per_device_train_batch_size=args.sft_batch_size, max_length=512,
-            warmup_steps=0.05, save_steps=100, logging_steps=10, seed=0,
+        recipe = (
+            DistillArguments(data=str(data)),
+            DistillSFTConfig(
+                output_dir=str(out / f"sft_{name}"), learning_rate=args.lr, num_train_epochs=args.epochs,
+                per_device_train_batch_size=args.sft_batch_size, max_length=512, warmup_steps=0.05,
+                save_steps=100, logging_steps=10, seed=0,
+            ),
+            StudentConfig(model_name_or_path=str(model)),
         )  # fmt: skip
-        stage(f"sft on {name}", out / f"sft_{name}", lambda r=recipe: train(r))
+        stage(f"sft on {name}", out / f"sft_{name}", lambda r=recipe: train(*r))
 
     models = {"base": model, "sft-compressed": out / "sft_compressed"}
     if args.control:
@@ -183,8 +188,9 @@ def strategy_table(n: int, samples: int, tokenizer_path: str, seed: int = 0) -> 
     from transformers import AutoTokenizer
 
     from distill.answers import bind_detector, get_detector
+    from distill.compress import make_strategy, run_pipeline
     from distill.steps import split_completion
-    from distill.strategies import Context, Trace, make_strategy, run_pipeline
+    from distill.strategies import Context, Trace
     from evals.grading import get_grader
     from testbed.task import minimal_trace, sample_problem
     from testbed.teacher import audit_trace, teacher_completion

@@ -99,14 +99,14 @@ def test_build_resumes_after_interruption(
     cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--batch-size", "8",
                "--strategy", "shortest-correct,first-correct")  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
-        build(cfg)
+        build(*cfg)
     assert not out.exists()  # nothing half-written
     samples = tmp_path / "ds.work" / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 4 * 4  # two batches of 2 problems x 4 samples
 
     fake.fail_after = None
     fake.prompts.clear()
-    summary = build(cfg)
+    summary = build(*cfg)
     prompt = tiny_tokenizer.apply_chat_template(
         [{"role": "user", "content": PROBLEMS[4]["problem"]
           + "\nLet's think step by step and output the final answer within \\boxed{}."}],
@@ -166,7 +166,7 @@ def test_build_resumes_after_interruption(
 
     # Same work folder, other sampling settings: refused rather than mixed.
     with pytest.raises(ShortcotError, match="other settings"):
-        build(args(tiny_model_dir, data_file, tmp_path / "ds2", "--samples", "4", "--work-dir", str(tmp_path / "ds.work"),
+        build(*args(tiny_model_dir, data_file, tmp_path / "ds2", "--samples", "4", "--work-dir", str(tmp_path / "ds.work"),
                    "--temperature", "1.0"))  # fmt: skip
 
 
@@ -183,7 +183,7 @@ def test_build_from_trace_file_skips_unparsable(tmp_path, tiny_tokenizer):
     ]
     traces.write_text("\n".join(lines) + "\n")
     out = tmp_path / "pruned"
-    summary = build(parse_args(["--teacher", str(traces), "--out", str(out), "--grader", "testbed",
+    summary = build(*parse_args(["--teacher", str(traces), "--out", str(out), "--grader", "testbed",
                                 "--strategy", "step-prune", "--format", "jsonl"]))  # fmt: skip
     assert summary["skipped_records"] == {
         "unparsable: no completion text": 1,
@@ -213,7 +213,7 @@ def test_build_parquet_and_join_with_data(tmp_path, data_file):
         )
     )
     out = tmp_path / "pq"
-    build(parse_args(["--teacher", str(traces), "--data", str(data_file), "--out", str(out), "--grader", "testbed",
+    build(*parse_args(["--teacher", str(traces), "--data", str(data_file), "--out", str(out), "--grader", "testbed",
                       "--format", "parquet", "--strategy", "first-correct"]))  # fmt: skip
     ds = load_rows(out)
     assert len(ds) == 5 and (out / "data.parquet").exists()
@@ -241,7 +241,7 @@ def test_cli_bad_input(tmp_path, data_file, tiny_model_dir):
     # nothing survives: a clear error, and no output folder
     with pytest.raises(ShortcotError, match="no example survived"):
         build(
-            parse_args(
+            *parse_args(
                 ["--teacher", str(data_file), "--out", str(tmp_path / "o3"), "--grader", "testbed"]
             )
         )
@@ -256,7 +256,7 @@ def test_build_with_real_hf_backend(tmp_path, data_file, tiny_model_dir):
     cfg = parse_args(["--teacher", str(tiny_model_dir), "--data", str(data_file), "--out", str(out),
                       "--grader", "testbed", "--samples", "2", "--max-new-tokens", "6", "--limit", "2"])  # fmt: skip
     with pytest.raises(ShortcotError, match="no example survived"):
-        build(cfg)
+        build(*cfg)
     recs = [
         json.loads(line)
         for line in (tmp_path / "real.work" / "samples.jsonl").read_text().splitlines()
@@ -276,17 +276,30 @@ def test_config_file_and_flags(tmp_path):
     cfg_file.write_text(
         "teacher: t\nout: o\nsamples: 3\nkeep_verification: true\nstrategy: first-correct\n"
     )
-    cfg = parse_args(["--config", str(cfg_file), "--samples", "5"])
+    cfg, options, hub = parse_args(["--config", str(cfg_file), "--samples", "5"])
     assert (cfg.teacher, cfg.out, cfg.samples, cfg.strategy) == ("t", "o", 5, "first-correct")
-    assert cfg.options.keep_verification is True
+    assert options.keep_verification is True and hub.hub_repo() is None
     cfg_file.write_text("teacher: t\nsampels: 3\n")
-    with pytest.raises(ShortcotError, match="unknown key\\(s\\) sampels"):
+    with pytest.raises(ShortcotError, match="unknown key\\(s\\) sampels \\(did you mean samples"):
         parse_args(["--config", str(cfg_file), "--out", "o"])
-    with pytest.raises(ShortcotError, match="--teacher and --out are required"):
+    with pytest.raises(ShortcotError, match="required: --teacher"):
         parse_args(["--out", "o"])
-    for name in ("build_testbed", "build_r1_1.5b"):  # the shipped recipes parse
-        path = Path(__file__).parents[1] / "configs" / "distill" / f"{name}.yaml"
-        assert parse_args(["--config", str(path), "--out", "x"]).samples >= 1
+    with pytest.raises(ShortcotError, match="--push_to_hub needs --hub_model_id"):
+        main(["--teacher", "t", "--out", str(tmp_path / "o"), "--push_to_hub"])
+    cfg, options, hub = parse_args(
+        ["--teacher", "t", "--out", "o", "--max-new-tokens", "7", "--keep-verification",
+         "--on_fail", "drop", "--tensor_parallel_size", "2", "--push_to_hub", "--hub_model_id", "u/d"]
+    )  # fmt: skip
+    assert (cfg.max_new_tokens, cfg.tensor_parallel_size, options.on_fail) == (7, 2, "drop")
+    assert options.keep_verification and hub.hub_repo() == "u/d"
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "configs" / "distill").glob("build_*.yaml"))
+)
+def test_shipped_build_recipes_parse(recipe):
+    cfg, options, hub = parse_args(["--config", str(recipe), "--out", "x"])
+    assert cfg.teacher and cfg.samples >= 1 and cfg.out == "x" and hub.hub_repo() is None
 
 
 def test_build_from_evals_run_samples(tmp_path, data_file):
@@ -303,7 +316,7 @@ def test_build_from_evals_run_samples(tmp_path, data_file):
     (ev / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (ev / "summary.json").write_text("{}")
     out = tmp_path / "o"
-    summary = build(parse_args(["--teacher", str(ev), "--data", str(data_file), "--out", str(out),
+    summary = build(*parse_args(["--teacher", str(ev), "--data", str(data_file), "--out", str(out),
                                 "--grader", "testbed", "--strategy", "shortest-correct"]))  # fmt: skip
     # the short samples were truncated, so the long ones are kept despite being longer
     assert summary["examples"] == 3 and summary["dropped_samples"] == {"truncated": 3}
@@ -349,7 +362,7 @@ def test_perplexity_scorer_matches_hf_loss_and_runs_in_build(
     traces = tmp_path / "t.jsonl"
     traces.write_text("".join(json.dumps({"id": p["id"], "problem": p["problem"], "answer": p["answer"],
                                           "completion": long_trace(i)}) + "\n" for i, p in enumerate(PROBLEMS[:2])))  # fmt: skip
-    summary = build(parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"), "--grader", "testbed",
+    summary = build(*parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"), "--grader", "testbed",
                                 "--detector", "testbed", "--strategy", "step-prune", "--prune-scorer", "perplexity",
                                 "--prune-model", str(tiny_model_dir), "--prune-threshold", "0.5",
                                 "--tokenizer", str(tiny_model_dir)]))  # fmt: skip
@@ -370,7 +383,7 @@ def test_ungradable_problem_is_counted_not_fatal(tmp_path):
     traces = tmp_path / "t.jsonl"
     traces.write_text("".join(json.dumps({"id": p["id"], "problem": p["problem"], "answer": p["answer"],
                                           "completion": short_trace(i)}) + "\n" for i, p in enumerate(PROBLEMS)))  # fmt: skip
-    summary = build(parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"),
+    summary = build(*parse_args(["--teacher", str(traces), "--out", str(tmp_path / "o"),
                                 "--grader", "test_distill_build:grade_or_choke"]))  # fmt: skip
     assert summary["examples"] == 4 and summary["dropped_problems"] == {"ungradable: ValueError": 1}
 
@@ -402,7 +415,7 @@ def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
     tok = AutoTokenizer.from_pretrained(model)
     fake = fake_teacher(monkeypatch, tok, r1_script)
     out = tmp_path / "ds"
-    summary = build(args(model, data_file, out, "--samples", "3", "--system-prompt", "Be brief.",
+    summary = build(*args(model, data_file, out, "--samples", "3", "--system-prompt", "Be brief.",
                          "--strategy", "shortest-correct,first-correct"))  # fmt: skip
     rows = list(datasets.load_from_disk(str(out)))
     assert len(rows) == 5
@@ -438,7 +451,7 @@ def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
     assert all(r["prompt_opens_think"] is True for r in read_jsonl(work / "samples.jsonl"))
 
     # the work folder is a valid --teacher: same dataset, the contract travels with the records
-    again = build(args(work, data_file, tmp_path / "again", "--system-prompt", "Be brief.",
+    again = build(*args(work, data_file, tmp_path / "again", "--system-prompt", "Be brief.",
                        "--strategy", "shortest-correct,first-correct"))  # fmt: skip
     assert [r["messages"] for r in datasets.load_from_disk(str(tmp_path / "again"))] == [
         r["messages"] for r in rows
@@ -446,7 +459,7 @@ def test_teacher_sees_the_students_prompt_and_unclosed_chains_are_dropped(
     assert again["dropped_samples"] == summary["dropped_samples"]
     # overriding the contract (a template that did not open the block): the unclosed,
     # shorter chain is then a plain answer and shortest-correct keeps it
-    plain = build(args(work / "samples.jsonl", data_file, tmp_path / "plain", "--strategy",
+    plain = build(*args(work / "samples.jsonl", data_file, tmp_path / "plain", "--strategy",
                        "shortest-correct", "--prompt-opens-think", "no"))  # fmt: skip
     assert plain["dropped_samples"] == {"shortest-correct: not the shortest": 5, "truncated": 5}
     assert plain["prompt_opens_think"] == "no"
@@ -461,13 +474,13 @@ def test_torn_last_line_of_the_teacher_samples_is_repaired_on_resume(
     out = tmp_path / "ds"
     cfg = args(tiny_model_dir, data_file, out, "--samples", "4", "--batch-size", "4")
     with pytest.raises(KeyboardInterrupt):
-        build(cfg)
+        build(*cfg)
     samples = tmp_path / "ds.work" / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 8
     with samples.open("a") as f:  # a crash in the middle of writing a record
         f.write('{"id": "p2", "sample": 0, "compl')
     fake.fail_after = None
-    summary = build(cfg)
+    summary = build(*cfg)
     lines = samples.read_text().splitlines()
     recs = [json.loads(line) for line in lines]  # every line is whole again
     assert sorted((r["id"], r["sample"]) for r in recs) == [

@@ -14,8 +14,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from artifacts.errors import ShortcotError
 from distill.dataset import load_rows, make_row, save_rows
-from distill.sft import loss_mode, parse_args, to_prompt_completion, train
-from distill.sft_config import SFTRecipe
+from distill.sft import (
+    loss_mode,
+    mixed_precision,
+    parse_args,
+    to_prompt_completion,
+    train,
+    trainer_config,
+)
+from distill.sft_config import DistillArguments, DistillSFTConfig, StudentConfig
 from evals.prompts import build_messages
 
 COMPLETIONS = [
@@ -48,11 +55,22 @@ def data_dir(tmp_path_factory):
     return path
 
 
-def recipe(student, data, out, **kw) -> SFTRecipe:
-    base = dict(student=str(student), data=str(data), out=str(out), learning_rate=3e-3, max_steps=4,
-                per_device_train_batch_size=2, save_steps=2, logging_steps=1, lr_scheduler_type="constant")  # fmt: skip
+SCRIPT_KEYS = {"work_dir", "resume", "merge_lora", "force"}
+MODEL_KEYS = {"use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype"}
+
+
+def recipe(student, data, out, **kw) -> tuple:
+    """The three configs of distill.sft (its parse_args' types) for a short run."""
+    base = dict(learning_rate=3e-3, max_steps=4, per_device_train_batch_size=2, save_steps=2,
+                logging_steps=1, lr_scheduler_type="constant")  # fmt: skip
     base.update(kw)
-    return SFTRecipe(**base)
+    script = {k: base.pop(k) for k in list(base) if k in SCRIPT_KEYS}
+    model = {k: base.pop(k) for k in list(base) if k in MODEL_KEYS}
+    return (
+        DistillArguments(data=str(data), **script),
+        DistillSFTConfig(output_dir=str(out), **base),
+        StudentConfig(model_name_or_path=str(student), **model),
+    )
 
 
 def assistant_nll(model_dir, tokenizer, messages) -> float:
@@ -107,7 +125,7 @@ def test_full_sft_changes_weights_fits_the_data_and_resumes(
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     out = tmp_path / "sft"
     work = tmp_path / "work"
-    summary = train(recipe(tiny_model_dir, data_dir, out, work_dir=str(work)))
+    summary = train(*recipe(tiny_model_dir, data_dir, out, work_dir=str(work)))
     assert summary["global_step"] == 4 and summary["loss_mode"] == "assistant"
     after = load_file(str(out / "model.safetensors"))
     assert before.keys() == after.keys()
@@ -129,10 +147,10 @@ def test_full_sft_changes_weights_fits_the_data_and_resumes(
     # resume: the work folder holds checkpoint-2 and checkpoint-4; a longer run continues
     assert (work / "checkpoint-4").exists()
     with pytest.raises(ShortcotError, match="pass --resume"):
-        train(recipe(tiny_model_dir, data_dir, tmp_path / "b", max_steps=6, work_dir=str(work)))
+        train(*recipe(tiny_model_dir, data_dir, tmp_path / "b", max_steps=6, work_dir=str(work)))
     capsys.readouterr()
     summary = train(
-        recipe(
+        *recipe(
             tiny_model_dir, data_dir, tmp_path / "b", max_steps=6, work_dir=str(work), resume=True
         )
     )
@@ -143,11 +161,11 @@ def test_lora_merge_and_adapter(data_dir, tiny_model_dir, tmp_path):
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     out = tmp_path / "merged"
     train(
-        recipe(
+        *recipe(
             tiny_model_dir,
             data_dir,
             out,
-            lora=True,
+            use_peft=True,
             merge_lora=True,
             learning_rate=2e-2,
             lora_dropout=0.0,
@@ -162,7 +180,7 @@ def test_lora_merge_and_adapter(data_dir, tiny_model_dir, tmp_path):
         assert same == (not k.endswith("proj.weight")), k
 
     out2 = tmp_path / "adapter"
-    train(recipe(tiny_model_dir, data_dir, out2, lora=True))
+    train(*recipe(tiny_model_dir, data_dir, out2, use_peft=True))
     assert (out2 / "adapter_config.json").exists() and not (out2 / "model.safetensors").exists()
 
 
@@ -179,36 +197,108 @@ def test_prompt_completion_fallback(data_dir, tiny_model_dir, tmp_path):
     student = tmp_path / "student"
     AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).save_pretrained(str(student))
     tok.save_pretrained(str(student))
-    summary = train(recipe(student, data_dir, tmp_path / "out", max_steps=1))
+    summary = train(*recipe(student, data_dir, tmp_path / "out", max_steps=1))
     assert summary["loss_mode"] == "completion"
 
 
 def test_bad_input(data_dir, tiny_model_dir, tmp_path):
-    with pytest.raises(ShortcotError, match="--merge-lora needs --lora"):
-        train(recipe(tiny_model_dir, data_dir, tmp_path / "x", merge_lora=True))
+    with pytest.raises(ShortcotError, match="--merge_lora needs --use_peft"):
+        train(*recipe(tiny_model_dir, data_dir, tmp_path / "x", merge_lora=True))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "hello"}) + "\n")
     with pytest.raises(ShortcotError, match="no 'messages' column"):
-        train(recipe(tiny_model_dir, bad, tmp_path / "y"))
+        train(*recipe(tiny_model_dir, bad, tmp_path / "y"))
     with pytest.raises(ShortcotError, match="does not exist"):
-        train(recipe(tiny_model_dir, tmp_path / "missing", tmp_path / "z"))
-    r, _ = parse_args(
-        [
-            "--student",
-            "s",
-            "--data",
-            "d",
-            "--out",
-            "o",
-            "--lora",
-            "--no-assistant-only-loss",
-            "lora_r=4",
-        ]
+        train(*recipe(tiny_model_dir, tmp_path / "missing", tmp_path / "z"))
+    with pytest.raises(ShortcotError, match="--push_to_hub needs --hub_model_id"):
+        train(*recipe(tiny_model_dir, data_dir, tmp_path / "h", push_to_hub=True))
+    assert not any((tmp_path / n).exists() for n in ("x", "y", "z", "h"))
+
+
+def test_cli_flags_and_recipes(tmp_path):
+    base = ["--student", "s", "--data", "d", "--out", "o"]
+    args, cfg, model = parse_args([*base, "--use_peft", "--no_assistant_only_loss", "--lora_r", "4",
+                                   "--lora-target-modules", "q_proj", "v_proj", "--merge_lora"])  # fmt: skip
+    assert model.use_peft and model.lora_r == 4 and model.model_name_or_path == "s"
+    assert model.lora_target_modules == ["q_proj", "v_proj"] and args.merge_lora
+    assert not cfg.assistant_only_loss and cfg.output_dir == "o" and args.data == "d"
+    _, cfg, model = parse_args(
+        [*base, "--assistant_only_loss", "false", "--model_name_or_path", "m"]
     )
-    assert r.lora and not r.assistant_only_loss and r.lora_r == 4 and r.student == "s"
-    with pytest.raises(ShortcotError, match="unknown config key"):
-        parse_args(["--student", "s", "lr=1"])
-    for name in ("sft_testbed", "sft_r1_1.5b_lora"):  # the shipped recipes parse
-        path = Path(__file__).parents[1] / "configs" / "distill" / f"{name}.yaml"
-        r, _ = parse_args(["--config", str(path), "--data", "d", "--out", "o", "--max-steps", "3"])
-        assert r.student and r.max_steps == 3
+    assert not cfg.assistant_only_loss and model.model_name_or_path == "m"
+    _, cfg, model = parse_args(base)  # today's defaults
+    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.seed, cfg.max_length) == (
+        1e-5,
+        2.0,
+        0,
+        4096,
+    )
+    assert (cfg.save_steps, cfg.save_total_limit, cfg.report_to, cfg.assistant_only_loss) == (
+        200,
+        2,
+        [],
+        True,
+    )
+    assert not cfg.gradient_checkpointing and cfg.auto_bf16 and model.dtype is None
+    assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout) == (
+        False,
+        16,
+        32,
+        0.05,
+    )
+    assert model.lora_target_modules == "all-linear"
+    with pytest.raises(ShortcotError, match="unrecognized argument.*lr=1"):
+        parse_args([*base, "lr=1"])
+    with pytest.raises(ShortcotError, match="required: --output_dir/--output-dir/--out"):
+        parse_args(["--student", "s", "--data", "d"])
+    (tmp_path / "r.yaml").write_text("model_name_or_path: s\ndata: d\noutput_dir: o\nlr_r: 4\n")
+    with pytest.raises(ShortcotError, match="unknown key\\(s\\) lr_r \\(did you mean lora_r"):
+        parse_args(["--config", str(tmp_path / "r.yaml")])
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs" / "distill").glob("sft_*.yaml"))
+)
+def test_shipped_sft_recipes_parse(path):
+    args, cfg, model = parse_args(
+        ["--config", str(path), "--data", "d", "--out", "o", "--max-steps", "3"]
+    )
+    assert model.model_name_or_path and cfg.max_steps == 3 and cfg.output_dir == "o"
+    assert not cfg.push_to_hub
+
+
+def test_trainer_gets_the_recipe_with_the_work_folder(tmp_path):
+    """What SFTTrainer is given for the testbed recipe: the SFTConfig distill.sft built
+    field by field before it parsed TRL's own config (the same numbers, key for key)."""
+    from trl import SFTConfig
+
+    path = Path(__file__).parents[1] / "configs" / "distill" / "sft_testbed.yaml"
+    _, cfg, model = parse_args(["--config", str(path), "--data", "d", "--out", str(tmp_path / "o")])
+    work = tmp_path / "o.work"
+    got = trainer_config(cfg, model, work, "assistant")
+    expected = SFTConfig(
+        output_dir=str(work), learning_rate=3e-4, num_train_epochs=2.0, max_steps=-1,
+        per_device_train_batch_size=16, gradient_accumulation_steps=1, warmup_steps=0.05,
+        lr_scheduler_type="cosine", weight_decay=0.0, max_grad_norm=1.0, max_length=512, seed=0,
+        gradient_checkpointing=False, assistant_only_loss=True, completion_only_loss=False,
+        save_strategy="steps", save_steps=100, save_total_limit=2, logging_steps=10,
+        report_to="none", fp16=False,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )  # fmt: skip
+    assert type(got) is SFTConfig and got.to_dict() == expected.to_dict()
+    assert not got.push_to_hub and got.hub_model_id is None
+
+
+def test_mixed_precision_follows_the_student_dtype(monkeypatch):
+    """bf16 left unset: on for a bfloat16 student, and with no dtype where the GPU supports
+    it (as before TRL's config was parsed); given: as given."""
+    base = ["--student", "s", "--data", "d", "--out", "o"]
+    auto, off = parse_args(base)[1], parse_args([*base, "--bf16", "false"])[1]
+    assert mixed_precision(auto, None) == (False, False)  # CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert mixed_precision(auto, None) == (True, False)
+    assert mixed_precision(auto, "float32") == (False, False)
+    assert mixed_precision(auto, "bfloat16") == (True, False)
+    assert mixed_precision(auto, "float16") == (False, True)
+    assert mixed_precision(off, None) == (False, False)

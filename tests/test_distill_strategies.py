@@ -8,17 +8,14 @@ from collections import Counter
 import pytest
 
 from distill.answers import get_detector, last_number, math_answers
+from distill.compress import StrategyOptions, make_strategy, parse_pipeline, run_pipeline
 from distill.steps import split_completion, split_steps
 from distill.strategies import (
     Context,
-    StrategyOptions,
     Trace,
     first_correct,
-    make_strategy,
-    parse_pipeline,
     redundant_steps,
     round_ends,
-    run_pipeline,
     shortest_correct,
     step_prune,
 )

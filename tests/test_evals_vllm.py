@@ -165,7 +165,7 @@ def test_distill_build_passes_engine_options_to_vllm(
                       "--samples", "2", "--max-new-tokens", "6", "--tensor-parallel-size", "2",
                       "--gpu-memory-utilization", "0.8", "--max-model-len", "2048"])  # fmt: skip
     with pytest.raises(ShortcotError, match="no example survived"):  # random tokens: none correct
-        build(cfg)
+        build(*cfg)
     (init,) = [c for c in fake_vllm.CALLS if c["event"] == "init"]
     assert init["kwargs"]["tensor_parallel_size"] == 2
     assert init["kwargs"]["gpu_memory_utilization"] == 0.8

@@ -660,7 +660,7 @@ def test_full_disk_in_the_merge_writer(assets, merge_ref, mounts, tmp_path, caps
         ),
         (
             "distill.build",
-            "distill.build.save_rows",
+            "distill.dataset.save_rows",
             OSError(errno.EDQUOT, "Disk quota exceeded", "data-00000.arrow"),
         ),
         ("evals.compare", "evals.compare.atomic_write_text", OSError(errno.EROFS, "Read-only")),
@@ -777,7 +777,8 @@ def test_time_bound_holds_in_threads_and_for_work_stuck_in_c(monkeypatch):
 
 
 def test_ungradable_is_counted_not_fatal():
-    from distill.strategies import Context, Trace, verify_trace
+    from distill.compress import verify_trace
+    from distill.strategies import Context, Trace
     from evals.grading import math_grade
     from evals.metrics import summarize
     from train.rewards import LengthReward, RewardConfig

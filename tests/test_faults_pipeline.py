@@ -153,7 +153,7 @@ def test_killed_distill_sft_stage_resumes_to_the_uninterrupted_model(setup, tmp_
     stages, state, run = stage_runner(setup, cfg, capsys)
     from distill import build
 
-    build.build(build.parse_args(stages["distill_data"].args))  # its input, made in-process
+    build.build(*build.parse_args(stages["distill_data"].args))  # its input, made in-process
     stage = stages["distill_sft"]
 
     status, _, _ = run("distill_sft", SAVE_2)
@@ -163,11 +163,10 @@ def test_killed_distill_sft_stage_resumes_to_the_uninterrupted_model(setup, tmp_
     assert status == "ran" and "--resume" in command
 
     reference = tmp_path / "reference"
-    recipe = load_config(
-        sft.SFTRecipe,
-        cfg.distill_sft_config,
-        [f"student={setup / 'base'}", f"data={stages['distill_data'].output}",
-         f"out={reference}", "max_steps=3", "save_steps=1", "per_device_train_batch_size=2"],
+    recipe = sft.parse_args(
+        ["--config", cfg.distill_sft_config, "--student", str(setup / "base"),
+         "--data", str(stages["distill_data"].output), "--out", str(reference),
+         "--max_steps", "3", "--save_steps", "1", "--per_device_train_batch_size", "2"],
     )  # fmt: skip
-    sft.train(recipe)
+    sft.train(*recipe)
     assert same_weights(stage.output, reference) and not same_weights(reference, setup / "base")
