@@ -104,14 +104,9 @@ def _check_rows(dataset) -> None:
 
 
 def _dtype(name: str | None):
-    import torch
+    from artifacts.dtypes import torch_dtype
 
-    if name is None:
-        return None
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ShortcotError(f"unknown dtype {name!r}; use one of {', '.join(table)}")
-    return table[name]
+    return None if name is None else torch_dtype(name)
 
 
 def mixed_precision(config: DistillSFTConfig, dtype: str | None) -> tuple[bool, bool]:

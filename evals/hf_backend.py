@@ -115,22 +115,12 @@ class _PerRowSampler:
 def _resolve_dtype(dtype: str | None, device: str):
     import torch
 
+    from artifacts.dtypes import torch_dtype
+
     if dtype in (None, "auto"):
         # bf16/fp16 kernels on CPU are slow and inexact; checkpoints' own dtype on GPU.
         return torch.float32 if device == "cpu" else "auto"
-    try:
-        return {
-            "float32": torch.float32,
-            "fp32": torch.float32,
-            "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16,
-            "float16": torch.float16,
-            "fp16": torch.float16,
-        }[dtype]
-    except KeyError:
-        raise ShortcotError(
-            f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16"
-        ) from None
+    return torch_dtype(dtype)
 
 
 class HFBackend(Backend):
