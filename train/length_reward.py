@@ -51,8 +51,8 @@ class RewardConfig:
 
     reward_method: Literal[METHODS] = arg(
         "truncation",
-        "the reward (train.reward_methods): truncation (DLER), laser, laser_d, laser_de, "
-        "da_dler, l1_exact, l1_max, kimi, arora_zanette, or correctness (no length term)",
+        "the reward, an entry of train.reward_methods: truncation is DLER's, correctness has "
+        "no length term",
     )
     grader: str = arg(
         "math",
@@ -68,8 +68,9 @@ class RewardConfig:
     )
     reward_alpha: float | None = arg(
         None,
-        "the length term's coefficient; unset: the method's default (LASER 0.5, L1-Exact "
-        "0.0003, L1-Max 0.01, Arora-Zanette 0.1)",
+        "the length term's coefficient; unset: the method's default ("
+        + ", ".join(f"{m.name} {m.alpha}" for m in REWARD_METHODS.values() if m.alpha is not None)
+        + ")",
     )
     l1_delta: float = arg(0.5, "L1-Max's offset delta")
     truncated_factor: float = arg(

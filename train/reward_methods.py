@@ -10,7 +10,7 @@ to the rewards. The formulas themselves are the pure functions of `train.rewards
 functions here only feed them `Rollouts`.
 
 To add a method: write its formula in `train.rewards` with a golden test, a function here
-that applies it to `Rollouts`, and one `RewardMethod` in `REWARD_METHODS`.
+that applies it to `Rollouts`, and one `RewardMethod` in `_METHODS`.
 """
 
 from __future__ import annotations
@@ -126,21 +126,31 @@ def _da_dler_target(cfg: RewardConfig, accuracy: float, target_length: int) -> i
     return da_dler_target(accuracy, cfg.da_short_target, target_length, cfg.da_threshold)
 
 
-REWARD_METHODS: dict[str, RewardMethod] = {
-    m.name: m
-    for m in (
-        RewardMethod("truncation", "binary", None, False, False, _truncation),
-        RewardMethod("laser", "laser", 0.5, False, False, _laser),
-        RewardMethod("laser_d", "laser", 0.5, True, True, _laser),
-        RewardMethod("laser_de", "laser", 0.5, True, True, _laser_de),
-        RewardMethod("da_dler", "binary", None, True, False, _truncation, _da_dler_target),
-        RewardMethod("l1_exact", "laser", 0.0003, False, False, _l1_exact),
-        RewardMethod("l1_max", "binary", 0.01, False, False, _l1_max),
-        RewardMethod("kimi", "laser", None, True, False, _per_group(kimi_rewards, False)),
-        RewardMethod(
-            "arora_zanette", "laser", 0.1, True, False, _per_group(arora_zanette_rewards, True)
-        ),
-        RewardMethod("correctness", "binary", None, False, False, _correctness),
-    )
-}
+_METHODS = (
+    # DLER's truncation penalty: reward 0 without EOS within L_T
+    RewardMethod("truncation", base="binary", alpha=None, needs_groups=False, adaptive=False,
+                 rewards=_truncation),
+    RewardMethod("laser", base="laser", alpha=0.5, needs_groups=False, adaptive=False,
+                 rewards=_laser),
+    # LASER-D / -DE: bucket targets from each prompt's own group accuracy
+    RewardMethod("laser_d", base="laser", alpha=0.5, needs_groups=True, adaptive=True,
+                 rewards=_laser),
+    RewardMethod("laser_de", base="laser", alpha=0.5, needs_groups=True, adaptive=True,
+                 rewards=_laser_de),
+    # DA-DLER: the truncation penalty at a per-group target
+    RewardMethod("da_dler", base="binary", alpha=None, needs_groups=True, adaptive=False,
+                 rewards=_truncation, group_target=_da_dler_target),
+    RewardMethod("l1_exact", base="laser", alpha=0.0003, needs_groups=False, adaptive=False,
+                 rewards=_l1_exact),
+    RewardMethod("l1_max", base="binary", alpha=0.01, needs_groups=False, adaptive=False,
+                 rewards=_l1_max),
+    RewardMethod("kimi", base="laser", alpha=None, needs_groups=True, adaptive=False,
+                 rewards=_per_group(kimi_rewards, uses_alpha=False)),
+    RewardMethod("arora_zanette", base="laser", alpha=0.1, needs_groups=True, adaptive=False,
+                 rewards=_per_group(arora_zanette_rewards, uses_alpha=True)),
+    # no length term: the correctness reward alone
+    RewardMethod("correctness", base="binary", alpha=None, needs_groups=False, adaptive=False,
+                 rewards=_correctness),
+)  # fmt: skip
+REWARD_METHODS: dict[str, RewardMethod] = {m.name: m for m in _METHODS}
 METHODS = tuple(REWARD_METHODS)
