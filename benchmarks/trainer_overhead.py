@@ -45,19 +45,19 @@ def run_variant(variant: str, args, workdir: Path) -> tuple[list[float], float |
     from trl import GRPOConfig, GRPOTrainer
 
     from train.config import RLConfig
-    from train.rewards import LengthReward, RewardConfig
+    from train.length_reward import LengthReward, RewardConfig
     from train.rl import prompt_rows
     from train.trainer import ShortcotGRPOTrainer
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    cfg = RLConfig(model=args.model, data=args.data, out=str(workdir / "unused"), limit=512)
+    cfg = RLConfig(data=args.data, output_dir=str(workdir / "unused"), limit=512)
     rows = prompt_rows(cfg, args.data, 512)
     eos = model.generation_config.eos_token_id
     reward = LengthReward(
         RewardConfig(
-            method="truncation", grader=args.grader, target_length=args.max_completion_length
+            reward_method="truncation", grader=args.grader, target_length=args.max_completion_length
         ),
         eos_token_ids=[eos] if isinstance(eos, int) else list(eos),
     )

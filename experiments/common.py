@@ -51,19 +51,18 @@ def _settings(recipe: Path, overrides: Sequence[str]) -> dict:
 
 def train_run(recipe: str | Path, testbed: Path, out: Path, overrides: Sequence[str] = ()) -> dict:
     """Train ``recipe`` from ``testbed/model`` into ``out`` (an HF model folder); returns its
-    training cost. Reused only when made with the same recipe content and overrides; an
+    training cost. ``overrides`` are ``key=value`` settings of ``train.rl`` (its flags'
+    names). Reused only when made with the same recipe content and overrides; an
     interrupted run resumes from its checkpoints."""
-    from artifacts.config import load_config
-    from train.config import RLConfig
-    from train.rl import train
+    from train.rl import parse_args, train
 
     recipe = recipe_path(str(recipe))
     overrides = [
-        f"model={testbed / 'model'}",
+        f"model_name_or_path={testbed / 'model'}",
         f"data={testbed / 'data' / 'train.jsonl'}",
-        f"out={out}",
+        f"output_dir={out}",
         *(
-            [f"laser_d.monitor_data={testbed / 'data' / 'monitor.jsonl'}"]
+            [f"laser_d_monitor_data={testbed / 'data' / 'monitor.jsonl'}"]
             if "laser_d" in recipe.name  # laser_d and laser_de recipes
             else []
         ),
@@ -84,9 +83,13 @@ def train_run(recipe: str | Path, testbed: Path, out: Path, overrides: Sequence[
         shutil.rmtree(work, ignore_errors=True)  # checkpoints of other settings: start over
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_file, json.dumps(settings, indent=1))
-    cfg = load_config(RLConfig, recipe, overrides)
+    flags = [x for kv in overrides for x in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
+    resume = work.exists() and any(work.glob("checkpoint-*"))
+    cfg, model_args = parse_args(
+        ["--config", str(recipe), *flags, "--force", *(["--resume"] if resume else [])]
+    )
     start = time.perf_counter()
-    train(cfg, force=True, resume=work.exists() and any(work.glob("checkpoint-*")))
+    train(cfg, model_args)
     seconds = time.perf_counter() - start
     log = json.loads((out / "training_log.json").read_text())
     steps = [h for h in log if "reward" in h]

@@ -57,7 +57,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "dler - batch std": ("dler_testbed", ["advantage=grpo"]),
     "dler - dynamic sampling": ("dler_testbed", ["dynamic_sampling=false"]),
     "dler - clip higher": ("dler_testbed", ["epsilon_high=0.2"]),
-    "da-dler": ("dler_testbed", ["reward.method=da_dler"]),
+    "da-dler": ("dler_testbed", ["reward_method=da_dler"]),
 }
 
 
@@ -140,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     hardest = max(int(k) for k in base["by_difficulty"])
     common = [
         f"max_steps={args.steps}",
-        f"reward.target_length={L}",
+        f"target_length={L}",
         f"max_completion_length={L}",
-        "reward.target_schedule=[]",
-        f"reward.da_short_target={args.da_short_target}",
+        "target_schedule=[]",
+        f"da_short_target={args.da_short_target}",
         f"save_steps={args.steps}",
     ]
     results: dict[str, list[dict]] = {}

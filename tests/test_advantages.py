@@ -70,9 +70,16 @@ def test_doctests_of_the_formula_modules():
 
     import train.advantages
     import train.laser_d
+    import train.length_reward
     import train.rewards
     import train.sampling
 
-    for mod in (train.advantages, train.laser_d, train.rewards, train.sampling):
+    for mod in (
+        train.advantages,
+        train.laser_d,
+        train.length_reward,
+        train.rewards,
+        train.sampling,
+    ):
         result = doctest.testmod(mod)
         assert result.failed == 0 and result.attempted > 0, mod.__name__

@@ -162,8 +162,8 @@ def assets(tmp_path_factory, tiny_tokenizer):
     (root / "sft_data").mkdir()
     save_rows(rows, root / "sft_data", "disk")
     (root / "rl.yaml").write_text(
-        f"model: {root / 'base'}\ndata: {root / 'problems.jsonl'}\n"
-        "reward: {method: truncation, grader: testbed, target_length: 8}\n"
+        f"model_name_or_path: {root / 'base'}\ndata: {root / 'problems.jsonl'}\n"
+        "reward_method: truncation\ngrader: testbed\ntarget_length: 8\n"
         "num_generations: 2\nper_device_train_batch_size: 4\nmax_completion_length: 8\n"
         "max_steps: 2\nsave_steps: 1\ndynamic_sampling: false\nlearning_rate: 0.001\n"
     )
@@ -347,12 +347,12 @@ def test_train_rl_refuses_bad_settings_before_loading_the_model(
         "config_not_yaml": ("not valid YAML", {"--config": assets / "not_yaml.yaml"}),
         "config_binary": ("not a text file", {"--config": assets / "binary.yaml"}),
         "config_folder": ("is a folder", {"--config": assets}),
-        "override_not_yaml": ("not valid YAML", ["learning_rate=[1,"]),
-        "num_generations": ("does not divide", ["num_generations=3"]),
-        "max_steps": ("max_steps must be >= 1", ["max_steps=-5"]),
+        "override_not_yaml": ("invalid float value", ["--learning_rate", "[1,"]),
+        "num_generations": ("does not divide", ["--num_generations", "3"]),
+        "max_steps": ("max_steps must be >= 1", ["--max_steps", "-5"]),
         "resume_nothing": ("holds no checkpoint", ["--resume"]),
-        "grader_not_callable": ("not a function", ["reward.grader=not_callable:grade"]),
-        "empty_model": ("is empty", [f"model={assets / 'empty_model'}"]),
+        "grader_not_callable": ("not a function", ["--grader", "not_callable:grade"]),
+        "empty_model": ("is empty", ["--model", assets / "empty_model"]),
     }[case]
     message, change = expect
     if isinstance(change, dict):
@@ -781,10 +781,12 @@ def test_ungradable_is_counted_not_fatal():
     from distill.strategies import Context, Trace
     from evals.grading import math_grade
     from evals.metrics import summarize
-    from train.rewards import LengthReward, RewardConfig
+    from train.length_reward import LengthReward, RewardConfig
 
     bomb = r"</think> \boxed{10^{10^{10}}}"
-    reward = LengthReward(RewardConfig(method="truncation", grader="math", target_length=50), [0])
+    reward = LengthReward(
+        RewardConfig(reward_method="truncation", grader="math", target_length=50), [0]
+    )
     logged = {}
     out = reward(
         ["p", "p"], [bomb, r"</think> \boxed{5}"], [[1, 0], [1, 0]], answer=["5", "5"],

@@ -121,19 +121,13 @@ def test_killed_rl_stage_resumes_to_the_uninterrupted_model(setup, tmp_path, cap
     assert decide(stage, state).describe() == "up to date"
 
     reference = tmp_path / "reference"
-    rl.train(
-        load_config(
-            rl.RLConfig,
-            cfg.rl_config,
-            [
-                f"model={setup / 'base'}",
-                f"data={setup / 'train.jsonl'}",
-                "reward.grader=test_train_trainer:parity_grade",
-                *RL,
-                f"out={reference}",
-            ],
-        )  # fmt: skip
-    )
+    flags = [
+        x for kv in RL for x in ("--" + kv.split("=")[0].replace(".", "_"), kv.split("=", 1)[1])
+    ]
+    argv = ["--config", str(cfg.rl_config), "--model", str(setup / "base"),
+            "--data", str(setup / "train.jsonl"), "--grader", "test_train_trainer:parity_grade",
+            *flags, "--out", str(reference)]  # fmt: skip
+    rl.train(*rl.parse_args(argv))
     assert same_weights(out, reference) and not same_weights(reference, setup / "base")
 
     # Other settings with the old run's checkpoints still there: start over, cleanly.

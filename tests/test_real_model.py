@@ -236,10 +236,11 @@ def train_rl(model: Path, problems: Path, out: Path, **extra) -> Path:
     from train import rl
 
     recipe = {
-        "model": str(model),
+        "model_name_or_path": str(model),
         "data": str(problems),
         "prompt_template": PLAIN,
-        "reward": {"method": "correctness", "grader": GRADER},
+        "reward_method": "correctness",
+        "grader": GRADER,
         "advantage": "grpo",
         "dynamic_sampling": False,
         "num_generations": 4,
@@ -270,8 +271,8 @@ def rl_full(smollm2, chatml_work, problems) -> Path:
 
 @pytest.fixture(scope="module")
 def rl_lora(smollm2, chatml_work, problems) -> Path:
-    lora = {"enabled": True, "r": 8, "alpha": 16, "merge": False}
-    return train_rl(smollm2, problems, chatml_work / "rl_lora", lora=lora, learning_rate=1e-3)
+    lora = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_merge": False}
+    return train_rl(smollm2, problems, chatml_work / "rl_lora", **lora, learning_rate=1e-3)
 
 
 def test_rl_full_model(rl_full, smollm2):
@@ -289,7 +290,7 @@ def test_rl_full_model(rl_full, smollm2):
 
 
 def test_rl_lora_adapter(rl_lora, smollm2):
-    """The adapter (lora.merge false) loads onto the base with peft and generates."""
+    """The adapter (lora_merge false) loads onto the base with peft and generates."""
     from peft import PeftModel
 
     model = smollm2
@@ -327,11 +328,11 @@ def test_rl_lora_merged_r1_template(r1_model, problems, tmp_path_factory):
     nothing moves. Told that the prompt does not open the block (``prompt_opens_think:
     no``), the same run rewards its answers: the template is kept and only the adapted
     projections move."""
-    lora = {"enabled": True, "r": 8, "alpha": 16}
+    lora = {"use_peft": True, "lora_r": 8, "lora_alpha": 16}
     root = tmp_path_factory.mktemp("real_r1_rl")
     # DLER's defaults: dynamic sampling refills groups whose rewards are all equal (which
     # would give no gradient at all), two prompts per step
-    common = dict(lora=lora, learning_rate=1e-3, max_steps=1, advantage="dler",
+    common = dict(**lora, learning_rate=1e-3, max_steps=1, advantage="dler",
                   dynamic_sampling=True, max_extra_rounds=2, per_device_train_batch_size=8)  # fmt: skip
     out = train_rl(r1_model, problems, root / "contract", **common)
     log = [h for h in json.loads((out / "training_log.json").read_text()) if "reward" in h]

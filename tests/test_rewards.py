@@ -9,9 +9,9 @@ import pytest
 
 from artifacts.errors import ShortcotError
 from evals.grading import Grade
+from train.length_reward import LengthReward, RewardConfig
+from train.reward_methods import METHODS, REWARD_METHODS
 from train.rewards import (
-    LengthReward,
-    RewardConfig,
     arora_zanette_rewards,
     binary_reward,
     da_dler_target,
@@ -115,7 +115,9 @@ def _fake_grader(completion, reference):
 
 
 def _call(method, completions, ids, answers, keys=None, **cfg):
-    rf = LengthReward(RewardConfig(method=method, **cfg), eos_token_ids=[EOS], grader=_fake_grader)
+    rf = LengthReward(
+        RewardConfig(reward_method=method, **cfg), eos_token_ids=[EOS], grader=_fake_grader
+    )
     kw = {"id": keys} if keys else {}
     return rf(
         prompts=["p"] * len(completions),
@@ -156,7 +158,9 @@ def test_length_reward_laser_d_uses_bucket_targets():
     texts = ["\\boxed{1}", "\\boxed{1}", "\\boxed{1}", "\\boxed{9}"]
     ids = [[5, 5, 5, EOS]] * 4  # length 4
     rf = LengthReward(
-        RewardConfig(method="laser_d", target_length=50), eos_token_ids=[EOS], grader=_fake_grader
+        RewardConfig(reward_method="laser_d", target_length=50),
+        eos_token_ids=[EOS],
+        grader=_fake_grader,
     )
     rf.targets = {"easy": 2, "medium": 10, "hard": 50}
     out = rf(
@@ -191,11 +195,11 @@ def test_length_reward_da_dler_and_group_methods():
 
 
 def test_missing_answer_column_is_a_clear_error():
-    rf = LengthReward(RewardConfig(method="laser"), eos_token_ids=[EOS], grader=_fake_grader)
+    rf = LengthReward(RewardConfig(reward_method="laser"), eos_token_ids=[EOS], grader=_fake_grader)
     with pytest.raises(ShortcotError, match="answer"):
         rf(prompts=["p"], completions=["x"], completion_ids=[[EOS]])
     with pytest.raises(ShortcotError, match="unknown reward method"):
-        RewardConfig(method="nope")
+        RewardConfig(reward_method="nope")
 
 
 def test_thinkprune_schedule_lowers_the_target_in_stages():
@@ -203,7 +207,9 @@ def test_thinkprune_schedule_lowers_the_target_in_stages():
         global_step = 0
 
     rf = LengthReward(
-        RewardConfig(method="truncation", target_length=99, target_schedule=[[0, 4], [10, 2]]),
+        RewardConfig(
+            reward_method="truncation", target_length=99, target_schedule=[[0, 4], [10, 2]]
+        ),
         eos_token_ids=[EOS],
         grader=_fake_grader,
     )
@@ -237,7 +243,7 @@ def test_length_reward_answer_contract_when_the_prompt_opened_think():
     for method, (opened, plain) in expected.items():
         for flag, want in ((True, opened), (False, plain)):
             rf = LengthReward(
-                RewardConfig(method=method, target_length=5),
+                RewardConfig(reward_method=method, target_length=5),
                 eos_token_ids=[EOS],
                 grader=math_grade,
                 prompt_opens_think=flag,
@@ -247,3 +253,68 @@ def test_length_reward_answer_contract_when_the_prompt_opened_think():
                      completion_ids=ids, answer=["19"] * 3, id=["a", "b", "c"])  # fmt: skip
             assert out == want, (method, flag)
             assert rf.last["formatted"] == ([False, True, False] if flag else [True] * 3)
+
+
+def test_registry_pins_each_methods_properties():
+    """One entry per method; the facts that used to be spelled out in five places."""
+    assert METHODS == ("truncation", "laser", "laser_d", "laser_de", "da_dler", "l1_exact",
+                       "l1_max", "kimi", "arora_zanette", "correctness")  # fmt: skip
+    binary = {m for m, e in REWARD_METHODS.items() if e.base == "binary"}
+    assert binary == {"truncation", "da_dler", "correctness", "l1_max"}
+    alphas = {m: e.alpha for m, e in REWARD_METHODS.items() if e.alpha is not None}
+    assert alphas == {"laser": 0.5, "laser_d": 0.5, "laser_de": 0.5, "l1_exact": 0.0003,
+                      "l1_max": 0.01, "arora_zanette": 0.1}  # fmt: skip
+    groups = {m for m, e in REWARD_METHODS.items() if e.needs_groups}
+    assert groups == {"laser_d", "laser_de", "da_dler", "kimi", "arora_zanette"}
+    assert {m for m, e in REWARD_METHODS.items() if e.adaptive} == {"laser_d", "laser_de"}
+    assert RewardConfig(reward_method="l1_max").resolved_base() == "binary"
+    assert RewardConfig(reward_method="kimi", reward_base="binary").resolved_base() == "binary"
+    assert RewardConfig(reward_method="l1_exact", reward_alpha=0.2).resolved_alpha() == 0.2
+
+
+def test_every_method_through_the_reward_function_equals_its_formula():
+    """LengthReward applies each registry entry as the pure formulas do by hand."""
+    texts = ["\\boxed{1}", "\\boxed{2}", "\\boxed{1}", "no box"]
+    ids = [[5] * 3 + [EOS], [5] * 5 + [EOS], [7, 8] * 4, [5, EOS]]  # 4, 6, 8 (no EOS), 2 tokens
+    keys = ["a", "a", "b", "b"]
+    r = [1.0, -0.5, 1.0, -1.0]  # Laser's base: correct, wrong, correct, bad format
+    correct, lengths = [True, False, True, False], [4, 6, 8, 2]
+    cases = {
+        "l1_exact": [l1_exact_reward(x, n, 5) for x, n in zip(r, lengths)],
+        "l1_max": [l1_max_reward(c, n, 5, 0.01, 0.5) for c, n in zip(correct, lengths)],
+        "arora_zanette": arora_zanette_rewards(r[:2], correct[:2], lengths[:2])
+        + arora_zanette_rewards(r[2:], correct[2:], lengths[2:]),
+        # the 2nd (wrong, 6 > 5 tokens) repeats (5, 5) 4 times: no exploration bonus
+        "laser_de": [
+            laser_de_reward(x, c, n, 5, repetitive=(i == 1))
+            for i, (x, c, n) in enumerate(zip(r, correct, lengths))
+        ],  # fmt: skip
+    }
+    for method, want in cases.items():
+        out, _ = _call(method, texts, ids, ["1"] * 4, keys, target_length=5,
+                       repetition_check=True, repetition_ngram=2, repetition_repeats=3)  # fmt: skip
+        assert out == pytest.approx(want), method
+
+
+def test_trl_repetition_penalty_cannot_give_the_verdict():
+    """Why has_repetition is not TRL's detector: the same TRL penalty, different verdicts."""
+    from trl.rewards import get_repetition_penalty_reward
+
+    once_four_times, three_twice = [1, 1, 1, 1, 1, 2, 1, 3], [1, 1, 1, 2, 1, 2, 1, 3]
+    penalty = get_repetition_penalty_reward(ngram_size=2)([once_four_times, three_twice])
+    assert penalty[0] == penalty[1] == pytest.approx(-3 / 7)
+    assert has_repetition(once_four_times, n=2, repeats=3)
+    assert not has_repetition(three_twice, n=2, repeats=3)
+
+
+def test_target_schedule_from_text_and_bad_schedules():
+    assert RewardConfig(target_schedule="[[0, 48], [150, 32]]").target_schedule == [
+        [0, 48],
+        [150, 32],
+    ]
+    assert RewardConfig(target_schedule=None).target_schedule == []
+    for bad in ("[[0, 48], [150]]", "48", "[[0, x]]"):
+        with pytest.raises(ShortcotError, match="target_schedule"):
+            RewardConfig(target_schedule=bad)
+    with pytest.raises(ShortcotError, match="reward_base"):
+        RewardConfig(reward_base="other")

@@ -33,14 +33,14 @@ def _recipe(tmp_path, model_dir, **extra):
                 + "\n"
             )
     cfg = {
-        "model": str(model_dir),
+        "model_name_or_path": str(model_dir),
         "data": str(data),
-        "reward": {
-            "method": "laser_d",
-            "grader": "test_train_trainer:parity_grade",
-            "target_length": 6,
-        },
-        "laser_d": {"every_steps": 2, "monitor_size": 4, "budget_step": 1},
+        "reward_method": "laser_d",
+        "grader": "test_train_trainer:parity_grade",
+        "target_length": 6,
+        "laser_d_every_steps": 2,
+        "laser_d_monitor_size": 4,
+        "laser_d_budget_step": 1,
         "num_generations": 4,
         "per_device_train_batch_size": 8,
         "max_completion_length": 8,
@@ -54,12 +54,24 @@ def _recipe(tmp_path, model_dir, **extra):
     return path
 
 
-def test_cli_trains_and_saves_hf_folder_with_card(tmp_path, tiny_model_dir):
+def test_cli_trains_and_saves_hf_folder_with_card(tmp_path, tiny_model_dir, monkeypatch):
+    import artifacts.hub
+
+    pushed = []
+    monkeypatch.setattr(artifacts.hub, "push_folder", lambda *a, **k: pushed.append((a, k)))
     recipe = _recipe(tmp_path, tiny_model_dir)
     out = tmp_path / "model"
+    argv = ["--config", str(recipe), "--out", str(out), "--dynamic_sampling", "false",
+            "--push_to_hub", "--hub_model_id", "user/concise", "--hub_private_repo"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        rl.run_cli(rl.main, ["--config", str(recipe), "--out", str(out), "dynamic_sampling=false"])
+        rl.run_cli(rl.main, argv)
     assert exit_info.value.code == 0
+    # uploaded by shortcot after the atomic move (the Trainer never pushes on its own)
+    assert pushed == [((out, "user/concise"), {"private": True})]
+    # the saved recipe reads back with --config
+    cfg, model_args = rl.parse_args(["--config", str(out / "train_config.yaml")])
+    assert (cfg.reward_method, cfg.laser_d_every_steps, cfg.max_steps) == ("laser_d", 2, 2)
+    assert model_args.model_name_or_path == str(tiny_model_dir) and not cfg.dynamic_sampling
     for name in (
         "config.json",
         "model.safetensors",
@@ -88,16 +100,13 @@ def test_cli_trains_and_saves_hf_folder_with_card(tmp_path, tiny_model_dir):
 
 
 def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    recipe = _recipe(
-        tmp_path,
-        tiny_model_dir,
-        reward={"method": "truncation", "grader": "math", "target_length": 6},
-    )
+    recipe = _recipe(tmp_path, tiny_model_dir, reward_method="truncation", grader="math")
     work = tmp_path / "work"
-    first = rl.load_config(
-        rl.RLConfig, recipe, [f"out={tmp_path / 'a'}", f"work_dir={work}", "keep_checkpoints=true"]
-    )
-    rl.train(first)
+    first = rl.parse_args(
+        ["--config", str(recipe), "--out", str(tmp_path / "a"), "--work_dir", str(work),
+         "--keep_checkpoints"]
+    )  # fmt: skip
+    rl.train(*first)
     assert (work / "checkpoint-2").exists()
 
     calls = []
@@ -109,23 +118,20 @@ def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir, monkeypatch)
 
     monkeypatch.setattr(ShortcotGRPOTrainer, "_generate_and_score_completions", counting)
     # without --resume an existing checkpoint folder is an error, not silently overwritten
-    again = rl.load_config(
-        rl.RLConfig, recipe, [f"out={tmp_path / 'b'}", f"work_dir={work}", "max_steps=3"]
-    )
+    again = ["--config", str(recipe), "--out", str(tmp_path / "b"), "--work_dir", str(work),
+             "--max_steps", "3"]  # fmt: skip
     with pytest.raises(rl.ShortcotError, match="--resume"):
-        rl.train(again)
-    rl.train(again, resume=True)
+        rl.train(*rl.parse_args(again))
+    rl.train(*rl.parse_args([*again, "--resume"]))
     assert calls == [2]  # only step 3 was trained: steps 1-2 came from checkpoint-2
     log = json.loads((tmp_path / "b" / "training_log.json").read_text())
     assert max(h["step"] for h in log) == 3
 
 
 def test_lora_run_saves_a_merged_standard_folder(tmp_path, tiny_model_dir):
-    recipe = _recipe(
-        tmp_path, tiny_model_dir, max_steps=1, lora={"enabled": True, "r": 4, "alpha": 8}
-    )
+    recipe = _recipe(tmp_path, tiny_model_dir, max_steps=1, use_peft=True, lora_r=4, lora_alpha=8)
     out = tmp_path / "lora"
-    rl.train(rl.load_config(rl.RLConfig, recipe, [f"out={out}", "dynamic_sampling=false"]))
+    rl.train(*rl.parse_args(["--config", str(recipe), "--out", str(out), "--no_dynamic_sampling"]))
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
     trained = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
     base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
@@ -135,8 +141,8 @@ def test_lora_run_saves_a_merged_standard_folder(tmp_path, tiny_model_dir):
 
 
 def test_bf16_checkpoint_trains_in_float32_and_is_saved_in_bf16(tmp_path, tiny_model_dir):
-    """A bf16 checkpoint is trained on float32 master weights (model_dtype, default; AdamW
-    on bf16 weights rounds small updates away) and saved in bf16 again; model_dtype=auto
+    """A bf16 checkpoint is trained on float32 master weights (dtype, default; AdamW
+    on bf16 weights rounds small updates away) and saved in bf16 again; dtype auto
     trains in the checkpoint's own dtype."""
     bf16_dir = tmp_path / "bf16"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(
@@ -147,16 +153,17 @@ def test_bf16_checkpoint_trains_in_float32_and_is_saved_in_bf16(tmp_path, tiny_m
             (bf16_dir / f.name).write_bytes(f.read_bytes())
     recipe = _recipe(tmp_path, bf16_dir, dynamic_sampling=False)
 
-    def trainer_dtype(*overrides):
-        cfg = rl.load_config(rl.RLConfig, recipe, [f"out={tmp_path / 'x'}", *overrides])
-        trainer = rl.build_trainer(cfg, tmp_path / "work")
+    def trainer_dtype(*flags):
+        cfg, model_args = rl.parse_args(["--config", str(recipe), "--out", str(tmp_path / "x"),
+                                         *flags])  # fmt: skip
+        trainer = rl.build_trainer(cfg, model_args, tmp_path / "work")
         return next(trainer.model.parameters()).dtype
 
     assert trainer_dtype() == torch.float32
-    assert trainer_dtype("model_dtype=auto") == torch.bfloat16
+    assert trainer_dtype("--dtype", "auto") == torch.bfloat16
     out = tmp_path / "out"
-    rl.train(rl.load_config(rl.RLConfig, recipe, [f"out={out}"]))
+    rl.train(*rl.parse_args(["--config", str(recipe), "--out", str(out)]))
     saved = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
     assert next(saved.parameters()).dtype == torch.bfloat16
-    with pytest.raises(rl.ShortcotError, match="model_dtype"):
-        rl.load_config(rl.RLConfig, recipe, ["out=y", "model_dtype=fp8"]).validate()
+    with pytest.raises(rl.ShortcotError, match="dtype"):
+        rl.parse_args(["--config", str(recipe), "--out", "y", "--dtype", "fp8"])

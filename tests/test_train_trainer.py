@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from evals.grading import Grade
-from train.config import RLConfig
-from train.rewards import RewardConfig
+from train.config import ModelArguments, RLConfig
+from train.length_reward import RewardConfig
 from train.rl import build_trainer
 
 
@@ -47,10 +47,11 @@ def data_file(tmp_path_factory):
 
 def _trainer(tmp_path, model_dir, data, **kw):
     cfg = RLConfig(
-        model=str(model_dir),
         data=str(data),
-        out=str(tmp_path / "out"),
-        reward=RewardConfig(method=kw.pop("method", "truncation"), grader="math", target_length=6),
+        output_dir=str(tmp_path / "out"),
+        reward_method=kw.pop("method", "truncation"),
+        grader="math",
+        target_length=6,
         num_generations=G,
         per_device_train_batch_size=8,
         max_steps=kw.pop("max_steps", 1),
@@ -59,7 +60,9 @@ def _trainer(tmp_path, model_dir, data, **kw):
         save_steps=1000,
         **kw,
     )
-    trainer = build_trainer(cfg, tmp_path / "work")
+    trainer = build_trainer(
+        cfg, ModelArguments(model_name_or_path=str(model_dir)), tmp_path / "work"
+    )
     trainer.length_reward.grader = parity_grade
     return trainer
 
@@ -161,7 +164,7 @@ CONTRACT_SCRIPT = [
 
 
 @pytest.mark.parametrize(
-    "template, trl, opened",
+    "template, kwargs, opened",
     [
         ("r1", {}, True),
         ("qwen3", {}, False),
@@ -169,7 +172,7 @@ CONTRACT_SCRIPT = [
     ],
 )
 def test_rewards_follow_the_answer_contract_of_the_chat_template(
-    tmp_path, tiny_tokenizer, template, trl, opened
+    tmp_path, tiny_tokenizer, template, kwargs, opened
 ):
     """train.rl reads the contract off the chat template (as TRL renders it, template
     arguments included) and every reward, called by TRL's own `_calculate_rewards`, and the
@@ -180,12 +183,13 @@ def test_rewards_follow_the_answer_contract_of_the_chat_template(
     model_dir = model_with_template(tmp_path / "m", tiny_tokenizer, TEMPLATES[template])
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": "p0", "problem": "What is 0 + 7?", "answer": "7"}) + "\n")
-    cfg = RLConfig(model=str(model_dir), data=str(data), out=str(tmp_path / "out"),
-                   reward=RewardConfig(method="laser_d", grader="math", target_length=4),
-                   num_generations=G, per_device_train_batch_size=G, max_completion_length=32,
-                   save_steps=1000, dynamic_sampling=False, trl=trl)  # fmt: skip
-    cfg.laser_d.monitor_size, cfg.laser_d.budget_step = 1, 1
-    trainer = build_trainer(cfg, tmp_path / "work")
+    cfg = RLConfig(data=str(data), output_dir=str(tmp_path / "out"), reward_method="laser_d",
+                   grader="math", target_length=4, num_generations=G,
+                   per_device_train_batch_size=G, max_completion_length=32, save_steps=1000,
+                   dynamic_sampling=False, laser_d_monitor_size=1, laser_d_budget_step=1,
+                   **kwargs)  # fmt: skip
+    trainer = build_trainer(cfg, ModelArguments(model_name_or_path=str(model_dir)),
+                            tmp_path / "work")  # fmt: skip
     reward = trainer.length_reward
     tok = trainer.processing_class
     eos = tok.eos_token_id
@@ -200,7 +204,7 @@ def test_rewards_follow_the_answer_contract_of_the_chat_template(
                    for t in ids]  # fmt: skip
 
     def rewards(method):
-        reward.config = RewardConfig(method=method, grader="math", target_length=16)
+        reward.config = RewardConfig(reward_method=method, grader="math", target_length=16)
         out = trainer._calculate_rewards([row] * G, [row["prompt"]] * G, completions, ids)
         return out[:, 0].tolist()
 
@@ -218,7 +222,7 @@ def test_rewards_follow_the_answer_contract_of_the_chat_template(
     # 4, 5, ..., 32, the bucket's target is its 2nd shortest rollout (ECR = P * C_d >= 1
     # with C_d = 2 or 3 of K = 4); the empty buckets get the longest rollout.
     trainer._generate = lambda prompts: (None, ids, None, completions)
-    reward.config = RewardConfig(method="laser_d", grader="math", target_length=4)
+    reward.config = RewardConfig(reward_method="laser_d", grader="math", target_length=4)
     targets = trainer.monitor_targets()
     bucket = "medium" if opened else "easy"
     assert targets == {

@@ -62,6 +62,10 @@ def test_config_fields_we_map_onto():
         "max_completion_length",
         "warmup_steps",
         "use_vllm",
+        "generation_batch_size",
+        "activation_checkpointing",
+        "gradient_checkpointing",
+        "hub_private_repo",
     ):
         assert name in fields, name
 

@@ -1,51 +1,27 @@
-"""Length-aware rewards in the unified form R_hat(y) = C(y) + lambda(y) * S(y).
+"""Length-aware rewards in the unified form R_hat(y) = C(y) + lambda(y) * S(y): the pure
+formulas, one per method, with their golden tests (``tests/test_rewards.py``).
 
 Sources: DLER (arXiv 2510.15110, section 3.1: truncation penalty), Laser (arXiv 2505.15612,
 section 3, Eq. 1 and Table 1: the unified form, LASER, LASER-D, LASER-DE and the baselines
 L1-Exact / L1-Max, Kimi-1.5, Arora & Zanette), see docs/algorithms.md §1.1 and §3.
 
-Two layers:
-
-* pure scalar functions, one per method (``truncation_reward``, ``laser_reward``, ...),
-  taking the correctness reward R, the length L (tokens) and the method's constants;
-  group-level methods (Kimi-1.5, Arora-Zanette) take the lists of one prompt's rollouts;
-* `LengthReward`, a callable with TRL's reward signature
-  ``(prompts, completions, completion_ids, answer, **kwargs) -> list[float]`` that grades each
-  completion with the shared grader (`evals.grading.get_grader`) under the answer contract
-  (`evals.grading.grade_completion`: when the chat template opened the think block, a
-  completion that never writes ``</think>`` has no answer, so it is wrong and badly
-  formatted, whatever it boxed while thinking), detects truncation from ``completion_ids``
-  (no EOS within the limit, never from text) and applies one method.
+Each function takes the correctness reward R, the length L (tokens) and the method's
+constants; group-level methods (Kimi-1.5, Arora-Zanette) take the lists of one prompt's
+rollouts. `train.reward_methods` registers each method (its base reward, default alpha,
+whether it needs whole groups) and `train.length_reward.LengthReward` applies one of them
+to TRL's completions.
 
 Lengths count completion tokens up to and including the EOS token, as TRL's completion mask
-does. Group-level methods group the rollouts of one prompt by the ``id`` column (else by the
-prompt itself); with several processes every process must hold whole groups, which
-`train.trainer` checks.
+does.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from artifacts.errors import ShortcotError
-from evals.grading import Grade, get_grader, grade_completion
-
-METHODS = (
-    "truncation",
-    "laser",
-    "laser_d",
-    "laser_de",
-    "da_dler",
-    "l1_exact",
-    "l1_max",
-    "kimi",
-    "arora_zanette",
-    "correctness",
-)
+from evals.grading import Grade
 
 # ----------------------------------------------------------------------------- base rewards
 
@@ -81,10 +57,22 @@ def is_truncated(
 
 
 def has_repetition(token_ids: Sequence[int], n: int = 20, repeats: int = 3) -> bool:
-    """A simple n-gram repetition detector: True when some n-gram of tokens occurs at least
-    ``repeats`` times. Laser's code gives LASER-DE's exploration bonus only when its own
-    repetition detector fires no alarm; this stand-in keeps that condition optional and
-    explicit (hand-written: no installed library ships one)."""
+    """A token n-gram repetition verdict: True when some n-gram of tokens occurs at least
+    ``repeats`` times (responses shorter than ``n * repeats`` tokens never are). Laser's code
+    gives LASER-DE's exploration bonus only when its own repetition detector fires no alarm;
+    this stand-in keeps that condition optional and explicit.
+
+    Hand-written because TRL's detector (`trl.rewards.get_repetition_penalty_reward`, also
+    over token n-grams) answers another question: it returns a penalty proportional to the
+    share of repeated n-grams, ``1 - unique / total``, which does not say how often any one
+    n-gram recurs, so no threshold on it gives this verdict. Same TRL penalty (-3/7, n = 2),
+    different verdicts (one n-gram 4 times; three n-grams twice each):
+
+    >>> has_repetition([1, 1, 1, 1, 1, 2, 1, 3], n=2, repeats=3)
+    True
+    >>> has_repetition([1, 1, 1, 2, 1, 2, 1, 3], n=2, repeats=3)
+    False
+    """
     if len(token_ids) < n * repeats:
         return False
     counts: dict[tuple, int] = defaultdict(int)
@@ -225,227 +213,3 @@ def arora_zanette_rewards(
         z = (n - mean) / std if std > 0 else 0.0
         out.append(float(r) - alpha / (1.0 + math.exp(-z)))
     return out
-
-
-# ------------------------------------------------------------------ the TRL reward function
-
-
-def completion_text(completion) -> str:
-    """TRL passes a completion as text (standard datasets) or as a list of messages
-    (conversational datasets); return the assistant text in both cases."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(m.get("content", "") or "" for m in completion if isinstance(m, dict))
-    if isinstance(completion, dict):
-        return completion.get("content", "") or ""
-    raise ShortcotError(
-        f"unexpected completion type {type(completion).__name__}; pass text or chat messages"
-    )
-
-
-@dataclass
-class RewardConfig:
-    """How rollouts are scored (the ``reward`` section of a training config).
-
-    method:            one of truncation, laser, laser_d, laser_de, da_dler, l1_exact, l1_max,
-                       kimi, arora_zanette, correctness (no length term).
-    grader:            correctness grader name (`evals.grading.get_grader`): "math", "testbed"
-                       or "module:function".
-    base:              correctness reward R: "binary" (1/0, DLER) or "laser" (+1/-0.5/-1);
-                       "auto" picks binary for truncation/da_dler/correctness/l1_max and laser otherwise.
-    target_length:     L_T in tokens (truncation limit, LASER target, L1 target).
-    alpha:             the length term's coefficient (LASER 0.5; L1-Exact 0.0003; L1-Max 0.01;
-                       Arora-Zanette 0.1).
-    l1_delta:          L1-Max's offset delta.
-    truncated_factor:  truncation reward multiplier for a response without EOS within L_T
-                       (paper 0; DLER's released code 0.1).
-    repetition_check:  LASER-DE: give the exploration bonus only to non-repetitive responses.
-    repetition_ngram, repetition_repeats: the detector's n-gram size and count.
-    da_short_target, da_threshold: DA-DLER's short target and easy threshold (long target is
-                       ``target_length``).
-    target_schedule:   ThinkPrune-style staged targets: ``[[step, L_T], ...]``; from each
-                       optimizer step on, L_T is the listed value (e.g. [[0, 4096], [200, 3072],
-                       [400, 2048]]); empty = always ``target_length``.
-    """
-
-    method: str = "truncation"
-    grader: str = "math"
-    base: str = "auto"
-    target_length: int = 4000
-    alpha: float | None = None
-    l1_delta: float = 0.5
-    truncated_factor: float = 0.0
-    repetition_check: bool = False
-    repetition_ngram: int = 20
-    repetition_repeats: int = 3
-    da_short_target: int = 2000
-    da_threshold: float = 0.5
-    target_schedule: list[list[int]] = field(default_factory=list)
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ShortcotError(
-                f"unknown reward method {self.method!r}; use one of {', '.join(METHODS)}"
-            )
-        if self.base not in ("auto", "binary", "laser"):
-            raise ShortcotError(f"reward base {self.base!r} is not auto, binary or laser")
-
-    def resolved_base(self) -> str:
-        if self.base != "auto":
-            return self.base
-        return (
-            "binary"
-            if self.method in ("truncation", "da_dler", "correctness", "l1_max")
-            else "laser"
-        )
-
-    def target_at(self, step: int) -> int:
-        """L_T at optimizer step ``step`` (ThinkPrune's stages when ``target_schedule`` is set).
-
-        >>> RewardConfig(target_length=9, target_schedule=[[0, 4096], [10, 2048]]).target_at(12)
-        2048
-        """
-        target = self.target_length
-        for start, value in sorted(self.target_schedule):
-            if step >= start:
-                target = int(value)
-        return target
-
-    def resolved_alpha(self) -> float:
-        if self.alpha is not None:
-            return self.alpha
-        return {"l1_exact": 0.0003, "l1_max": 0.01, "arora_zanette": 0.1}.get(self.method, 0.5)
-
-
-@dataclass
-class LengthReward:
-    """A TRL reward function: grade each completion, then apply ``config.method``.
-
-    ``eos_token_ids`` decide truncation. ``prompt_opens_think``: the chat template opens the
-    think block in the prompt (`train.rl.build_trainer` reads it off the template), so the
-    completions hold only ``... </think> answer`` (the answer contract, `grade`).
-    For LASER-D, ``targets`` maps a difficulty bucket to
-    its adaptive target L_A(d) (kept up to date by `train.trainer.ShortcotGRPOTrainer`);
-    a bucket without a target yet uses ``target_length``. ``last`` holds the per-completion
-    details of the latest call (correct, length, truncated, group accuracy, target) for
-    logging and tests.
-    """
-
-    config: RewardConfig
-    eos_token_ids: list[int]
-    targets: dict[str, int] = field(default_factory=dict)
-    bucket_thresholds: tuple[float, float] = (1 / 3, 2 / 3)
-    grader: Callable | None = None
-    prompt_opens_think: bool = False
-    last: dict = field(default_factory=dict)
-    __name__: str = "length_reward"
-
-    def __post_init__(self):
-        self.grader = self.grader or get_grader(self.config.grader)
-        self.__name__ = f"{self.config.method}_reward"
-
-    def grade(self, completion, answer) -> Grade:
-        """One completion (text or TRL's chat messages) graded under the answer contract."""
-        return grade_completion(
-            self.grader, completion_text(completion), str(answer), self.prompt_opens_think
-        )
-
-    def __call__(self, prompts, completions, completion_ids, answer=None, **kwargs) -> list[float]:
-        if answer is None:
-            raise ShortcotError(
-                "the training dataset has no 'answer' column; add one (the reference answers)"
-            )
-        from train.laser_d import bucket_of
-
-        cfg = self.config
-        state = kwargs.get("trainer_state")
-        if cfg.target_schedule:  # ThinkPrune stages: L_T follows the optimizer step
-            step = state.global_step if state is not None else 0
-            cfg = dataclasses.replace(cfg, target_length=cfg.target_at(step), target_schedule=[])
-        n = len(completions)
-        grades = [self.grade(c, a) for c, a in zip(completions, answer)]
-        base_fn = binary_reward if cfg.resolved_base() == "binary" else laser_base_reward
-        rs = [base_fn(g) for g in grades]
-        correct = [g.correct for g in grades]
-        lengths = [len(ids) for ids in completion_ids]
-        truncated = [
-            is_truncated(ids, self.eos_token_ids, cfg.target_length) for ids in completion_ids
-        ]
-        keys = kwargs.get("id") or [str(p) for p in prompts]
-        groups: dict = defaultdict(list)
-        for i, k in enumerate(keys):
-            groups[k].append(i)
-        group_acc = [0.0] * n
-        for idx in groups.values():
-            acc = sum(correct[i] for i in idx) / len(idx)
-            for i in idx:
-                group_acc[i] = acc
-        alpha = cfg.resolved_alpha()
-        targets = [cfg.target_length] * n
-        m = cfg.method
-        if m in ("laser_d", "laser_de"):
-            targets = [
-                self.targets.get(bucket_of(a, *self.bucket_thresholds), cfg.target_length)
-                for a in group_acc
-            ]
-        elif m == "da_dler":
-            targets = [
-                da_dler_target(a, cfg.da_short_target, cfg.target_length, cfg.da_threshold)
-                for a in group_acc
-            ]
-        if m == "truncation" or m == "da_dler":
-            tr = [
-                is_truncated(ids, self.eos_token_ids, t) for ids, t in zip(completion_ids, targets)
-            ]
-            out = [truncation_reward(r, t, cfg.truncated_factor) for r, t in zip(rs, tr)]
-        elif m == "correctness":
-            out = list(rs)
-        elif m in ("laser", "laser_d"):
-            out = [
-                laser_reward(r, c, n_, t, alpha)
-                for r, c, n_, t in zip(rs, correct, lengths, targets)
-            ]
-        elif m == "laser_de":
-            out = []
-            for r, c, n_, t, ids in zip(rs, correct, lengths, targets, completion_ids):
-                rep = cfg.repetition_check and has_repetition(
-                    ids, cfg.repetition_ngram, cfg.repetition_repeats
-                )
-                out.append(laser_de_reward(r, c, n_, t, alpha, repetitive=rep))
-        elif m == "l1_exact":
-            out = [l1_exact_reward(r, n_, cfg.target_length, alpha) for r, n_ in zip(rs, lengths)]
-        elif m == "l1_max":
-            out = [
-                l1_max_reward(c, n_, cfg.target_length, alpha, cfg.l1_delta)
-                for c, n_ in zip(correct, lengths)
-            ]
-        else:  # group-level: kimi, arora_zanette
-            out = [0.0] * n
-            for idx in groups.values():
-                args = ([rs[i] for i in idx], [correct[i] for i in idx], [lengths[i] for i in idx])
-                vals = (
-                    kimi_rewards(*args)
-                    if m == "kimi"
-                    else arora_zanette_rewards(*args, alpha=alpha)
-                )
-                for i, v in zip(idx, vals):
-                    out[i] = v
-        self.last = {
-            "correct": correct,
-            "formatted": [g.formatted for g in grades],
-            "ungradable": [bool(getattr(g, "ungradable", False)) for g in grades],
-            "lengths": lengths,
-            "truncated": truncated,
-            "group_accuracy": group_acc,
-            "targets": targets,
-            "rewards": out,
-        }
-        log_metric = kwargs.get("log_metric")
-        if log_metric is not None and n:
-            log_metric("shortcot/accuracy", sum(correct) / n)
-            log_metric("shortcot/format_rate", sum(g.formatted for g in grades) / n)
-            log_metric("shortcot/ungradable_rate", sum(self.last["ungradable"]) / n)
-            log_metric("shortcot/truncation_rate", sum(truncated) / n)
-            log_metric("shortcot/mean_length", sum(lengths) / n)
-        return out

@@ -1,32 +1,50 @@
-"""Train a concise reasoning model with RL: ``python -m train.rl --config CONFIG.yaml [key=value ...]``.
+"""Train a concise reasoning model with RL:
+``python -m train.rl --config CONFIG.yaml [--field value ...]``.
 
 Works the same under ``accelerate launch -m train.rl --config ...`` (multi-GPU, DeepSpeed,
-FSDP through accelerate's own config). Recipes: ``configs/train/*.yaml``.
+FSDP through accelerate's own config). Recipes: ``configs/train/*.yaml``; every field of
+`train.config.RLConfig` (TRL's ``GRPOConfig`` and shortcot's settings) and
+`train.config.ModelArguments` (TRL's ``ModelConfig``) is a flag and a recipe key.
 
-Layout: checkpoints and logs go to ``work_dir`` (default ``OUT.work``), so an interrupted run
-continues with ``--resume``; the final model is written atomically to ``OUT`` as a standard
-HF folder (merged when LoRA is used) with a model card recording the recipe, the training
-log (``training_log.json``) and the config (``train_config.yaml``).
+Layout: checkpoints and logs go to ``work_dir`` (default ``<output_dir>.work``), so an
+interrupted run continues with ``--resume``; the final model is written atomically to
+``output_dir`` (``--out``) as a standard HF folder (merged when LoRA is used) with a model
+card recording the recipe, the training log (``training_log.json``) and the recipe
+(``train_config.yaml``, which ``--config`` reads back).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from artifacts.config import config_to_dict, load_config
+from artifacts import cli
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output, check_writable
 from artifacts.resume import prepare_work_dir
-from train.config import KEY_HELP, RESUMABLE_KEYS, RLConfig
+from train.config import ModelArguments, RLConfig, recipe, run_settings, trainer_args
 
-LASER_D_METHODS = ("laser_d", "laser_de")
+DESCRIPTION = (
+    "RL for concise reasoning on TRL's GRPOTrainer: DLER (truncation reward, group-mean / "
+    "batch-std advantage, clip-higher, dynamic sampling) and the Laser reward family. "
+    "Settings: a YAML recipe (--config, configs/train/) with the flags' names as keys; flags "
+    "win over it. Every trl.GRPOConfig and trl.ModelConfig field is a flag."
+)
+EPILOG = (
+    "example: python -m train.rl --config configs/train/dler_testbed.yaml --out runs/dler "
+    "--max_steps 50"
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, ModelArguments]:
+    """``argv`` (flags and ``--config``) into the run's config and model arguments."""
+    return cli.parse_args(
+        [RLConfig, ModelArguments], argv, prog="train.rl", description=DESCRIPTION, epilog=EPILOG
+    )
 
 
 def prompt_rows(cfg: RLConfig, spec: str, limit: int | None = None) -> list[dict]:
@@ -76,62 +94,46 @@ def template_opens_think(cfg: RLConfig, tokenizer, chat_template_kwargs=None) ->
     return resolve_prompt_opens_think(cfg.prompt_opens_think, render, probe)
 
 
-def grpo_args(cfg: RLConfig, output_dir: str | Path):
-    """TRL's ``GRPOConfig`` for ``cfg``; settings TRL rejects are a one-line error."""
-    from trl import GRPOConfig
-
-    try:
-        return GRPOConfig(output_dir=str(output_dir), **cfg.to_grpo_kwargs())
-    except (TypeError, ValueError) as err:
-        raise ShortcotError(
-            f"TRL rejects these training settings ({' '.join(str(err).split())}); "
-            "fix the key in the recipe or the key=value overrides"
-        ) from err
-
-
-def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
-    """Everything from the config to a ready `ShortcotGRPOTrainer` (no training yet)."""
+def build_trainer(
+    cfg: RLConfig, model_args: ModelArguments, work: str | Path | None = None, callbacks=None
+):
+    """Everything from the config to a ready `ShortcotGRPOTrainer` (no training yet); its
+    checkpoints go to ``work`` (default ``cfg.work_path()``)."""
     import random
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import get_peft_config
 
     from artifacts.hub import resolve_local
-    from train.rewards import LengthReward
+    from train.length_reward import LengthReward
     from train.trainer import ShortcotGRPOTrainer
 
-    cfg.validate()
-    args = grpo_args(cfg, output_dir)  # TRL's own checks, before the model is loaded
-    model_dir = resolve_local(cfg.model)
+    cfg.validate(model_args)
+    args = trainer_args(cfg, work if work is not None else cfg.work_path())
+    model_dir = resolve_local(model_args.model_name_or_path, revision=model_args.model_revision)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=cfg.model_dtype)
+    load = {"attn_implementation": model_args.attn_implementation}
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=model_args.dtype, **{k: v for k, v in load.items() if v is not None}
+    )
     rows = prompt_rows(cfg, cfg.data, cfg.limit)
     train_dataset = Dataset.from_list(rows)
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
-    reward = LengthReward(cfg.reward, eos_token_ids=eos_ids)
+    reward = LengthReward(cfg, eos_token_ids=eos_ids)
+    adaptive = cfg.method.adaptive
     monitor = None
-    if cfg.reward.method in LASER_D_METHODS:
-        if cfg.laser_d.monitor_data:
-            monitor = prompt_rows(cfg, cfg.laser_d.monitor_data, cfg.laser_d.monitor_size)
+    if adaptive:
+        if cfg.laser_d_monitor_data:
+            monitor = prompt_rows(cfg, cfg.laser_d_monitor_data, cfg.laser_d_monitor_size)
         else:
             monitor = random.Random(cfg.seed).sample(
-                rows, k=min(cfg.laser_d.monitor_size, len(rows))
+                rows, k=min(cfg.laser_d_monitor_size, len(rows))
             )
-    peft_config = None
-    if cfg.lora.enabled:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
     reward.prompt_opens_think = template_opens_think(cfg, tokenizer, args.chat_template_kwargs)
     return ShortcotGRPOTrainer(
         model=model,
@@ -139,144 +141,110 @@ def build_trainer(cfg: RLConfig, output_dir: str | Path, callbacks=None):
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=get_peft_config(model_args),
         callbacks=callbacks,
         advantage=cfg.advantage,
         dynamic_sampling=cfg.dynamic_sampling,
         max_extra_rounds=cfg.max_extra_rounds,
         length_reward=reward,
-        laser_d=cfg.laser_d if cfg.reward.method in LASER_D_METHODS else None,
+        laser_d=cfg if adaptive else None,
         monitor_dataset=monitor,
     )
 
 
-def _summary(cfg: RLConfig) -> str:
+def _summary(cfg: RLConfig, model_args: ModelArguments) -> str:
     from artifacts.cards import public_ref
 
-    r = cfg.reward
     return (
-        f"Trained from `{public_ref(cfg.model)}` with shortcot's RL recipe: reward `{r.method}` "
-        f"(target length {r.target_length} tokens, grader `{r.grader}`), advantage `{cfg.advantage}`, "
-        f"dynamic sampling {'on' if cfg.dynamic_sampling else 'off'}, {cfg.max_steps} steps of "
-        f"{cfg.per_device_train_batch_size} completions per device x {cfg.gradient_accumulation_steps} "
-        f"accumulation ({cfg.num_generations} rollouts per prompt), lr {cfg.learning_rate}."
+        f"Trained from `{public_ref(model_args.model_name_or_path)}` with shortcot's RL recipe: "
+        f"reward `{cfg.reward_method}` (target length {cfg.target_length} tokens, grader "
+        f"`{cfg.grader}`), advantage `{cfg.advantage}`, dynamic sampling "
+        f"{'on' if cfg.dynamic_sampling else 'off'}, {cfg.max_steps} steps of "
+        f"{cfg.per_device_train_batch_size} completions per device x "
+        f"{cfg.gradient_accumulation_steps} accumulation ({cfg.num_generations} rollouts per "
+        f"prompt), lr {cfg.learning_rate}."
     )
 
 
-def checkpoint_dtype(model: str):
+def checkpoint_dtype(model: str, revision: str | None = None):
     """The dtype a checkpoint is stored in (its config's ``dtype``; float32 if unsaid)."""
     import torch
     from transformers import AutoConfig
 
     from artifacts.hub import resolve_local
 
-    config = AutoConfig.from_pretrained(resolve_local(model))
+    config = AutoConfig.from_pretrained(resolve_local(model, revision=revision))
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def save_final(trainer, cfg: RLConfig, folder: Path) -> None:
-    """Save the trained model (LoRA merged if asked), tokenizer, card, log and config."""
+def save_final(trainer, cfg: RLConfig, model_args: ModelArguments, folder: Path) -> None:
+    """Save the trained model (LoRA merged if asked), tokenizer, card, log and recipe."""
     from artifacts.cards import hub_id, write_model_card
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    adapter = cfg.lora.enabled and not cfg.lora.merge
-    if cfg.lora.enabled and cfg.lora.merge and hasattr(model, "merge_and_unload"):
+    lora = model_args.use_peft
+    adapter = lora and not model_args.lora_merge
+    if lora and model_args.lora_merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if not adapter:  # trained in float32 master weights: save in the checkpoint's dtype
-        model = model.to(checkpoint_dtype(cfg.model))
+        model = model.to(checkpoint_dtype(model_args.model_name_or_path, model_args.model_revision))
     model.save_pretrained(folder)
     trainer.processing_class.save_pretrained(folder)
-    recipe = config_to_dict(cfg)
-    (folder / "train_config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    settings = recipe(cfg, model_args)
+    (folder / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     (folder / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     write_model_card(
         folder,
-        title=f"{Path(cfg.out).name}",
-        summary=_summary(cfg),
-        recipe=recipe,
-        base_model=hub_id(cfg.model),
+        title=f"{Path(cfg.output_dir).name}",
+        summary=_summary(cfg, model_args),
+        recipe=settings,
+        base_model=hub_id(model_args.model_name_or_path),
         base_model_relation="adapter" if adapter else "finetune",
-        tags=["dler" if cfg.advantage == "dler" else "grpo", cfg.reward.method, "trl"],
+        tags=["dler" if cfg.advantage == "dler" else "grpo", cfg.reward_method, "trl"],
         library_name="peft" if adapter else "transformers",
     )
 
 
-def train(cfg: RLConfig, force: bool = False, resume: bool = False) -> Path:
-    """Run one training job; returns the output folder."""
+def train(cfg: RLConfig, model_args: ModelArguments) -> Path:
+    """Run one training job (``cfg.resume`` / ``cfg.force`` as the flags); returns the output
+    folder."""
     from artifacts.hub import resolve_local
     from evals.grading import get_grader
 
-    cfg.validate()
-    out = check_output(cfg.out, force)
-    work = Path(cfg.work_dir or f"{cfg.out}.work")
+    cfg.validate(model_args)
+    out = check_output(cfg.output_dir, cfg.force)
+    work = Path(cfg.work_path())
     check_writable(work.parent, "work_dir")
-    get_grader(cfg.reward.grader)  # a wrong grader fails now, not after loading the model
-    with warnings.catch_warnings():  # only a check here; the real run shows TRL's warnings
-        warnings.simplefilter("ignore")
-        grpo_args(cfg, work)
-    resolve_local(cfg.model)  # an empty folder or a typo fails before the work folder exists
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in RESUMABLE_KEYS}
-    last = prepare_work_dir(work, settings, resume=resume, force=force)
-    trainer = build_trainer(cfg, work)
+    get_grader(cfg.grader)  # a wrong grader fails now, not after loading the model
+    # an empty folder or a typo fails before the work folder exists
+    resolve_local(model_args.model_name_or_path, revision=model_args.model_revision)
+    settings = run_settings(cfg, model_args)
+    last = prepare_work_dir(work, settings, resume=cfg.resume, force=cfg.force)
+    trainer = build_trainer(cfg, model_args, work)
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     if trainer.accelerator.is_main_process:
-        with atomic_output_dir(out, force=force) as tmp:
-            save_final(trainer, cfg, tmp)
+        with atomic_output_dir(out, force=cfg.force) as tmp:
+            save_final(trainer, cfg, model_args, tmp)
         if not cfg.keep_checkpoints:
             shutil.rmtree(work, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m train.rl",
-        description=(
-            "RL for concise reasoning on TRL's GRPOTrainer: DLER (truncation reward, group-mean / "
-            "batch-std advantage, clip-higher, dynamic sampling) and the Laser reward family. "
-            "Settings come from a YAML recipe (configs/train/) and key=value overrides."
-        ),
-        epilog=KEY_HELP
-        + "\nexample: python -m train.rl --config configs/train/dler_testbed.yaml out=runs/dler max_steps=50",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", help="YAML recipe (fields of train.config.RLConfig)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides applied after the file, e.g. learning_rate=5e-5 reward.target_length=48",
-    )
-    p.add_argument("--out", help="output folder of the final model (same as out=...)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite an existing output and discard old checkpoints",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in the work dir"
-    )
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the final folder to this Hub repo")
-    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    cfg = load_config(RLConfig, args.config, overrides)
-    out = train(cfg, force=args.force, resume=args.resume)
+    cfg, model_args = parse_args(argv)
+    out = train(cfg, model_args)
     print(f"saved {out}")
     from accelerate import PartialState
 
-    if args.push_to_hub and PartialState().is_main_process:
+    repo = cfg.hub_repo()
+    if repo and PartialState().is_main_process:
         from artifacts.hub import push_folder
 
-        print(push_folder(out, args.push_to_hub, private=args.private))
+        print(push_folder(out, repo, private=bool(cfg.hub_private_repo)))
     return 0
 
 

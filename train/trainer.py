@@ -11,7 +11,7 @@ and TRL 1.16 lacks, overriding as little as possible.
    informative groups, and assembles the batch. Each round pays TRL's full scoring cost
    (reference / old log-probs of groups that are then dropped): simpler than re-plumbing
    TRL's generation, and cheap next to the generation itself.
-3. **LASER-D targets** (`train.laser_d`): every ``every_steps`` optimizer steps, the
+3. **LASER-D targets** (`train.laser_d`): every ``laser_d_every_steps`` optimizer steps, the
    monitoring prompts are rolled out with TRL's own ``_generate`` (so vLLM works too), graded
    and turned into per-bucket targets that the `train.rewards.LengthReward` reads.
 
@@ -35,7 +35,7 @@ from trl import GRPOTrainer
 from artifacts.errors import ShortcotError
 from train.advantages import dler_advantages
 from train.laser_d import adaptive_targets
-from train.rewards import LengthReward
+from train.length_reward import LengthReward
 from train.sampling import fill_batch
 
 # The GRPOTrainer internals overridden below were read from these versions.
@@ -64,7 +64,8 @@ class ShortcotGRPOTrainer(GRPOTrainer):
         dynamic_sampling:  drop groups with equal rewards and refill the batch.
         max_extra_rounds:  cap on extra generation rounds per batch.
         length_reward:     the `LengthReward` among ``reward_funcs`` (LASER-D targets go there).
-        laser_d:           `train.config.LaserDConfig`, or None for fixed targets.
+        laser_d:           `train.config.LaserDArguments` (the ``laser_d_*`` settings), or None
+                           for fixed targets.
         monitor_dataset:   rows (``prompt``, ``answer``) of LASER-D's monitoring set.
     """
 
@@ -96,9 +97,7 @@ class ShortcotGRPOTrainer(GRPOTrainer):
         self.last_batch: dict = {}  # rewards / lengths / advantages / valid of the latest batch
         local_batch = self.args.per_device_train_batch_size * self.args.steps_per_generation
         needs_groups = dynamic_sampling or (
-            length_reward is not None
-            and length_reward.config.method
-            in ("laser_d", "laser_de", "da_dler", "kimi", "arora_zanette")
+            length_reward is not None and length_reward.config.method.needs_groups
         )
         if needs_groups and local_batch % self.num_generations:
             raise ShortcotError(
@@ -208,7 +207,7 @@ class ShortcotGRPOTrainer(GRPOTrainer):
         if self.laser_d is None or self.length_reward is None or not self.monitor_dataset:
             return
         step = self.state.global_step
-        due = step % max(1, self.laser_d.every_steps) == 0 or not self.length_reward.targets
+        due = step % max(1, self.laser_d.laser_d_every_steps) == 0 or not self.length_reward.targets
         if not due or step == self._last_monitor_step:
             return
         self._last_monitor_step = step
@@ -250,6 +249,6 @@ class ShortcotGRPOTrainer(GRPOTrainer):
             k=k,
             target_length=cfg.target_length,
             max_length=self.max_completion_length,
-            step=self.laser_d.budget_step,
-            rounding=self.laser_d.rounding,
+            step=self.laser_d.laser_d_budget_step,
+            rounding=self.laser_d.laser_d_rounding,
         )
