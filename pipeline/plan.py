@@ -76,9 +76,9 @@ def _work_dir(settings: dict, out: str) -> Path:
 
 
 # The field names the pipeline sets in each stage command's settings (its config's fields).
-TRAIN_RL = {"model": "model", "data": "data", "out": "output_dir", "grader": "reward_grader"}
+TRAIN_RL = {"model": "model_name_or_path", "data": "data", "out": "output_dir", "grader": "grader"}
 DISTILL_BUILD = {"teacher": "teacher", "data": "data", "out": "out", "grader": "grader"}
-DISTILL_SFT = {"student": "student", "data": "data", "out": "output_dir"}
+DISTILL_SFT = {"student": "model_name_or_path", "data": "data", "out": "output_dir"}
 EVALS_RUN = {"model": "model", "data": "data", "out": "out", "grader": "grader"}
 
 

@@ -14,7 +14,6 @@ import pytest
 from conftest import make_tiny_model_dir
 from test_faults import KILL_AT, child_env, same_weights
 
-from artifacts.config import load_config
 from artifacts.errors import ShortcotError
 from artifacts.jsonl import write_jsonl
 from artifacts.resume import checkpoint_dirs, is_complete
@@ -22,16 +21,16 @@ from pipeline.config import PipelineConfig
 from pipeline.plan import plan
 from pipeline.stages import decide, run_stage
 
-RL = [
-    "max_steps=3",
-    "save_steps=1",
-    "num_generations=2",
-    "per_device_train_batch_size=4",
-    "max_completion_length=8",
-    "reward.method=correctness",  # with the parity grader: rewards vary, the model learns
-    "dynamic_sampling=false",
-    "learning_rate=0.001",
-]
+RL = {
+    "max_steps": 3,
+    "save_steps": 1,
+    "num_generations": 2,
+    "per_device_train_batch_size": 4,
+    "max_completion_length": 8,
+    "reward_method": "correctness",  # with the parity grader: rewards vary, the model learns
+    "dynamic_sampling": False,
+    "learning_rate": 0.001,
+}
 SAVE_2 = "transformers.trainer_callback:TrainerState.save_to_json:2"  # mid-save of checkpoint-2
 AFTER_MOVE = "artifacts.outdir:move_into_place:1:after"  # output in place, no record yet
 
@@ -56,25 +55,21 @@ def setup(tmp_path_factory, tiny_tokenizer):
     return root
 
 
-def config(root, *extra) -> PipelineConfig:
-    return load_config(
-        PipelineConfig,
-        None,
-        [
-            f"workdir={root / 'run'}",
-            f"base_model={root / 'base'}",
-            f"train_data={root / 'train.jsonl'}",
-            f"test_data={root / 'train.jsonl'}",
-            f"distill_teacher={root / 'traces.jsonl'}",
-            "grader=test_train_trainer:parity_grade",  # rewards that vary on a random model
-            "distill_build_overrides=[strategy=first-correct]",
-            "distill_sft_overrides=[max_steps=3, save_steps=1, per_device_train_batch_size=2]",
-            f"train_launcher={sys.executable} {KILL_AT}",
-            f"rl_overrides=[{', '.join(RL)}]",
-            "rl2_config=",  # one RL stage: its output is the DLER model
-            *extra,
-        ],
+def config(root, **extra) -> PipelineConfig:
+    settings = dict(
+        workdir=str(root / "run"),
+        base_model=str(root / "base"),
+        train_data=str(root / "train.jsonl"),
+        test_data=str(root / "train.jsonl"),
+        distill_teacher=str(root / "traces.jsonl"),
+        grader="test_train_trainer:parity_grade",  # rewards that vary on a random model
+        distill_build_args={"strategy": "first-correct"},
+        distill_sft_args={"max_steps": 3, "save_steps": 1, "per_device_train_batch_size": 2},
+        train_launcher=f"{sys.executable} {KILL_AT}",
+        rl_args=RL,
+        rl2_config="",  # one RL stage: its output is the DLER model
     )
+    return PipelineConfig(**{**settings, **extra})
 
 
 def stage_runner(root, cfg, capsys):
@@ -121,9 +116,7 @@ def test_killed_rl_stage_resumes_to_the_uninterrupted_model(setup, tmp_path, cap
     assert decide(stage, state).describe() == "up to date"
 
     reference = tmp_path / "reference"
-    flags = [
-        x for kv in RL for x in ("--" + kv.split("=")[0].replace(".", "_"), kv.split("=", 1)[1])
-    ]
+    flags = [x for key, value in RL.items() for x in ("--" + key, str(value))]
     argv = ["--config", str(cfg.rl_config), "--model", str(setup / "base"),
             "--data", str(setup / "train.jsonl"), "--grader", "test_train_trainer:parity_grade",
             *flags, "--out", str(reference)]  # fmt: skip
@@ -131,8 +124,7 @@ def test_killed_rl_stage_resumes_to_the_uninterrupted_model(setup, tmp_path, cap
     assert same_weights(out, reference) and not same_weights(reference, setup / "base")
 
     # Other settings with the old run's checkpoints still there: start over, cleanly.
-    changed_rl = [*RL, "learning_rate=0.002", "max_steps=1"]
-    changed = config(setup, f"rl_overrides=[{', '.join(changed_rl)}]")
+    changed = config(setup, rl_args={**RL, "learning_rate": 0.002, "max_steps": 1})
     stages2, _, run2 = stage_runner(setup, changed, capsys)
     assert checkpoint_dirs(work)  # the killed run never removed them
     status, command, _ = run2("rl")

@@ -38,7 +38,7 @@ def run(tmp_path_factory):
     with pytest.raises(SystemExit) as exit_info:
         from artifacts.errors import run_cli
 
-        run_cli(build_testbed, ["--out", str(tb), "--preset", "tiny", "--no-progress"])
+        run_cli(build_testbed, ["--out", str(tb), "--preset", "tiny", "--no_progress"])
     assert exit_info.value.code == 0
     # The tiny model is untrained, so it rarely answers correctly: distil from the
     # testbed teacher's traces instead (a "folder of existing traces" teacher).
@@ -54,19 +54,19 @@ def run(tmp_path_factory):
         for r in rows
     ]
     write_jsonl(root / "traces.jsonl", traces)
+    rl = "num_generations: 4, per_device_train_batch_size: 8, max_completion_length: 24, "
+    rl += "save_steps: 100, dynamic_sampling: false, max_steps: 2"
     args = [
-        f"workdir={root / 'run'}",
-        f"testbed_out={tb}",
-        "testbed_preset=tiny",
-        f"distill_teacher={root / 'traces.jsonl'}",
-        "rl_overrides=[max_steps=2, num_generations=4, per_device_train_batch_size=8, "
-        "max_completion_length=24, save_steps=100, reward.target_length=24, dynamic_sampling=false]",
-        "rl2_overrides=[max_steps=2, num_generations=4, per_device_train_batch_size=8, "
-        "max_completion_length=24, save_steps=100, reward.target_length=16, dynamic_sampling=false]",
-        "distill_build_overrides=[limit=8, strategy=first-correct]",
-        "distill_sft_overrides=[max_steps=2]",
-        f"eval_overrides=[limit={N_EVAL}, samples=1, max_new_tokens=24]",
-    ]
+        "--workdir", str(root / "run"),
+        "--testbed_out", str(tb),
+        "--testbed_preset", "tiny",
+        "--distill_teacher", str(root / "traces.jsonl"),
+        "--rl_args", f"{{{rl}, target_length: 24}}",
+        "--rl2_args", f"{{{rl}, target_length: 16}}",
+        "--distill_build_args", "{limit: 8, strategy: first-correct}",
+        "--distill_sft_args", "{max_steps: 2}",
+        "--eval_args", f"{{limit: {N_EVAL}, samples: 1, max_new_tokens: 24}}",
+    ]  # fmt: skip
     assert main(["run", *args]) == 0
     return root, args
 
@@ -113,7 +113,7 @@ def test_rerun_skips_and_changed_merge_reruns_only_downstream(run, capsys):
     assert main(["run", *args]) == 0
     out = capsys.readouterr().out
     assert out.count("up to date") == 11
-    assert main(["run", *args, "merge_density=0.5"]) == 0
+    assert main(["run", *args, "--merge_density", "0.5"]) == 0
     out = capsys.readouterr().out
     ran = {
         line.split()[1].rstrip(":")
