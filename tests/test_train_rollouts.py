@@ -65,14 +65,18 @@ def left_padded(lengths, pad, seed=0):
     return ids, mask
 
 
+def rng_state(device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
 def both(model, ids, mask, cfg, seed, evict_every=2, **kw):
     """(generate's output, ours, generator states after each)."""
     torch.manual_seed(seed)
     expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, **kw)
-    state = torch.get_rng_state()
+    state = rng_state(ids.device)
     torch.manual_seed(seed)
     got = generate_evicting(model, ids, mask, cfg, evict_every=evict_every, **kw)
-    return expected, got, state, torch.get_rng_state()
+    return expected, got, state, rng_state(ids.device)
 
 
 def assert_same(expected, got, state, got_state):
@@ -204,6 +208,17 @@ def test_lora_model(model_dir, evictions):
     assert "generate" not in vars(m), "the patch must be undone"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda(model_dir, dtype):
+    """On GPUs a smaller batch may select another matmul kernel: run this where there is one."""
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda().eval()
+    ids, mask = left_padded([6, 2, 3, 1, 5, 4, 7, 2], pad=2)
+    for seed in range(4):
+        cfg = sampling(temperature=0.9, top_p=0.95, max_new_tokens=64)
+        assert_same(*both(m, ids.cuda(), mask.cuda(), cfg, seed, evict_every=3))
+
+
 # -- the hook in ShortcotGRPOTrainer ------------------------------------------------------
 
 
@@ -259,9 +274,7 @@ def _train_two_steps(model_dir, workdir, evict_every: int) -> dict[str, torch.Te
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_grpo_training_is_bit_identical_with_and_without_eviction(
-    tmp_path, model_dir, evictions
-):
+def test_grpo_training_is_bit_identical_with_and_without_eviction(tmp_path, model_dir, evictions):
     off = _train_two_steps(model_dir, tmp_path / "off", evict_every=0)
     assert not evictions
     on = _train_two_steps(model_dir, tmp_path / "on", evict_every=2)
