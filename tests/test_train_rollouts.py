@@ -303,3 +303,23 @@ def test_the_stock_loop_sentinel_is_raised_before_any_work(model):
         assert not calls and torch.equal(state, torch.get_rng_state())
     finally:
         hook.remove()
+
+
+def test_passed_processors_and_an_own_generate_are_left_alone(model, evictions):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper
+
+    ids, mask = left_padded([6, 2, 3, 1], pad=2)
+    procs = LogitsProcessorList([TemperatureLogitsWarper(0.8)])
+    assert_same(*both(model, ids, mask, sampling(), 0, evict_every=1, logits_processor=procs))
+    assert not evictions
+
+    def own(*args, **kwargs):
+        return "own"
+
+    model.generate = own
+    try:
+        with evicting_generate(model):
+            assert model.generate() == "own"
+        assert model.generate is own
+    finally:
+        del model.generate

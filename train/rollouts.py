@@ -13,14 +13,15 @@ cache, attention mask and position ids) exactly as for its own ``_sample``. Ever
 (``Cache.batch_select_indices``, as `evals.backends.HFBackend` does between its chunks).
 
 Why the samples stay identical: ``torch.multinomial(probs, 1)`` (what ``_sample`` calls) is
-implemented in ATen (``Distributions.cpp``, the one-sample fast path, CPU and CUDA) as
+implemented in ATen (``Distributions.cpp``'s one-sample fast path, which CPU and CUDA share) as
 ``argmax(probs / q)`` with ``q = torch.empty_like(probs).exponential_(1)`` drawn from the
 global generator. Our loop draws ``q`` for the FULL batch shape ``[B, V]`` at every step,
 from the same generator, and uses only the rows still in the batch: the random numbers
 consumed, and each row's share of them, are those of the un-evicted ``generate``, so every
 row samples the same token as long as its logits are the same numbers. They are on CPU
 (a row's forward does not depend on the other rows of the batch; tested) but need not be on
-GPUs, where a smaller batch can select a different matmul kernel (untested here).
+GPUs, where a smaller batch can select a different matmul kernel: ``test_cuda`` in
+``tests/test_train_rollouts.py`` checks it where there is a GPU (none was available here).
 The generator ends in the same state too, so whatever draws from it next (the next
 rollout, dropout in training) is unchanged.
 
@@ -111,9 +112,9 @@ def generate_evicting(
         generation_config=generation_config,
         **kwargs,
     )
-    if evict_every <= 0 or {"streamer", "logits_processor"} & {k for k, v in kwargs.items() if v}:
+    if evict_every <= 0 or kwargs.get("streamer") is not None or kwargs.get("logits_processor"):
         # a streamer wants every row's tokens; processors passed in would have their per-row
-        # state cut to the rows left (ours are built by generate for this call)
+        # state cut to the rows left (those generate builds are built for this call)
         return stock()
     try:
         return stock(custom_generate=_evicting_sample, evict_every=evict_every)
@@ -124,7 +125,11 @@ def generate_evicting(
 @contextlib.contextmanager
 def evicting_generate(model, evict_every: int = EVICT_EVERY):
     """Within the block, ``model.generate`` is `generate_evicting` (for code that calls
-    ``model.generate`` itself, such as TRL's ``GRPOTrainer``)."""
+    ``model.generate`` itself, such as TRL's ``GRPOTrainer``). A model whose instance has
+    its own ``generate`` (a Hub repo's ``custom_generate``) keeps it."""
+    if "generate" in vars(model):
+        yield model
+        return
     model.generate = functools.partial(generate_evicting, model, evict_every=evict_every)
     try:
         yield model
@@ -276,22 +281,29 @@ def _evicting_sample(
             step += 1
             # departs: every `evict_every` steps the finished rows leave the batch
             if evict and step % evict_every == 0 and not bool(unfinished_sequences.all()):
+                _drop_finished(unfinished_sequences, model_kwargs, logits_processor)
                 keep = unfinished_sequences.nonzero().squeeze(1)
                 rows, input_ids = rows[keep], input_ids[keep]
                 unfinished_sequences = unfinished_sequences[keep]
-                for key in _ROW_INPUTS:
-                    value = model_kwargs.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape[0] > 1:
-                        model_kwargs[key] = value[keep.to(value.device)]
-                cache = model_kwargs.get("cache")
-                if cache is not None:
-                    cache.batch_select_indices(keep)
-                for p in logits_processor:
-                    for name in _ROW_STATE.get(type(p).__name__, ()):
-                        value = getattr(p, name)
-                        if isinstance(value, torch.Tensor):
-                            setattr(p, name, value[keep.to(value.device)])
     return torch.cat([prompt, torch.stack(steps, dim=1)], dim=-1)
+
+
+def _drop_finished(unfinished: torch.Tensor, model_kwargs: dict, logits_processor) -> None:
+    """Keep only the unfinished rows of the KV cache, the per-row model inputs and the
+    per-row state of the logits processors."""
+    n = len(unfinished)
+    keep = unfinished.nonzero().squeeze(1)
+    for key in _ROW_INPUTS:
+        value = model_kwargs.get(key)
+        if isinstance(value, torch.Tensor) and value.shape[0] == n:  # not (1, length) ids
+            model_kwargs[key] = value[keep.to(value.device)]
+    if model_kwargs.get("cache") is not None:
+        model_kwargs["cache"].batch_select_indices(keep)
+    for p in logits_processor:
+        for name in _ROW_STATE.get(type(p).__name__, ()):
+            value = getattr(p, name)
+            if isinstance(value, torch.Tensor) and value.shape[0] == n:
+                setattr(p, name, value[keep.to(value.device)])
 
 
 def _multinomial_rows(probs: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -299,12 +311,14 @@ def _multinomial_rows(probs: torch.Tensor, rows: torch.Tensor, batch_size: int) 
 
     ATen's one-sample multinomial is ``argmax(probs / q)``, ``q = empty_like(probs)
     .exponential_(1)``: drawing ``q`` for the whole batch keeps the generator's stream, and
-    each row's numbers, those of the un-evicted batch. The same input check as ATen's.
+    each row's numbers, those of the un-evicted batch. The same input checks as ATen's
+    (asynchronous, as there: no wait for the device).
     """
-    if not bool((probs.max() < float("inf")) & (probs.min() >= 0)):
-        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
-    if bool((probs.sum(1) == 0).any()):
-        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    ok = (probs.max() < float("inf")) & (probs.min() >= 0)
+    torch._assert_async(ok, "probability tensor contains either `inf`, `nan` or element < 0")
+    torch._assert_async(
+        (probs.sum(1) != 0).all(), "invalid multinomial distribution (sum of probabilities <= 0)"
+    )
     q = torch.empty((batch_size, probs.shape[1]), dtype=probs.dtype, device=probs.device)
     q.exponential_(1)
     if len(rows) != batch_size:
