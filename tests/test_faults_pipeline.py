@@ -139,6 +139,7 @@ def test_killed_distill_sft_stage_resumes_to_the_uninterrupted_model(setup, tmp_
     stages, state, run = stage_runner(setup, cfg, capsys)
     from distill import build
 
+    stages["distill_data"].write_config()
     build.build(*build.parse_args(stages["distill_data"].args))  # its input, made in-process
     stage = stages["distill_sft"]
 

@@ -56,6 +56,7 @@ RESUMABLE_KEYS = (
     "report_to",
     "run_name",
     "keep_checkpoints",
+    "rollout_evict_every",  # the same samples either way (train.rollouts)
     "resume",
     "force",
     "push_to_hub",
@@ -186,6 +187,11 @@ class RLConfig(GRPOConfig, LaserDArguments, RewardConfig, ProblemArguments):
         "", "checkpoints and logs of the Trainer (default <output_dir>.work); --resume reads them"
     )
     keep_checkpoints: bool = arg(False, "keep work_dir after success (default: removed)")
+    rollout_evict_every: int = arg(
+        16,
+        "without vLLM, finished rows leave the rollout batch every N generated tokens "
+        "(train.rollouts: the same samples as TRL's generate, token for token); 0 = TRL's own",
+    )
     resume: bool = arg(False, "continue from the latest checkpoint in work_dir")
     force: bool = arg(False, "replace an existing output and discard old checkpoints")
 
