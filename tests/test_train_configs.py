@@ -204,7 +204,7 @@ def test_flags_win_over_the_recipe_and_bad_input_is_one_line(tmp_path):
     assert cfg.max_steps == 7 and model_args.model_name_or_path == "m"
     assert model_args.lora_target_modules == ["q_proj"]  # a list of names, not TRL's regex
     cases = {
-        ("--reward", "laser"): "ambiguous option",
+        ("--reward", "laser"): "unrecognized argument",
         ("--reward_method", "nope"): "invalid choice",
         ("--num_generations", "3"): "does not divide",
         ("--max_steps", "0"): "max_steps must be >= 1",
