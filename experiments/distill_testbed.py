@@ -1,4 +1,4 @@
-"""Compressed-CoT distillation on the CPU testbed: the README table.
+"""Compressed-CoT distillation on the CPU testbed: the table in docs/results.md.
 
     python experiments/distill_testbed.py                       # runs/testbed -> runs/distill_testbed
     python experiments/distill_testbed.py --train_limit 64 --test_limit 32 --testbed /tmp/tb_tiny

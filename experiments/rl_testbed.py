@@ -1,4 +1,4 @@
-"""RL methods on the CPU testbed with one compute budget: the README's results table and plot.
+"""RL methods on the CPU testbed with one compute budget: the results table and plot of docs/results.md.
 
     python experiments/rl_testbed.py --testbed runs/testbed --out runs/rl_testbed [--set max_steps=40]
 

@@ -1,4 +1,4 @@
-"""Measure the CPU testbed's properties (issue 4) and write the README table.
+"""Measure the CPU testbed's properties (issue 4) and write the table in docs/testbed.md.
 
     python experiments/testbed_properties.py --testbed runs/testbed --out runs/testbed_properties
 

@@ -7,7 +7,7 @@ at about a third of the tokens/s of 32 x 256), so each step's batch is split int
 length-sorted micro-batches (gradient accumulation with an exact token-mean loss); (2)
 resuming the exact batch order after an interruption is one line; (3) the loss is the
 same as SFTTrainer's ``completion_only_loss``: prompt tokens are masked with -100 and
-the mean is over completion tokens. See the README for the SFTTrainer timing.
+the mean is over completion tokens. See docs/development.md for the SFTTrainer timing.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ example ``"Add the digits mod 10: a 3 b 5 c 2 d 7"`` (answer 7). The difficulty 
 ``n``, the number of terms: every term is one more step the model can get wrong, so
 accuracy falls with ``n``.
 
-Why this task (issue 4 and the README have the measurements): chains of modular
+Why this task (issue 4 and docs/testbed.md have the measurements): chains of modular
 arithmetic written as ``acc op x = y`` and pointer chasing over a map stayed at chance for
 a 4-layer, 128-wide Llama trained for 10 minutes on a CPU, and so did this task with
 random (instead of alphabetical) labels, while the labelled running sum, whose every
@@ -75,7 +75,7 @@ def sample_problem(rng: random.Random, difficulty: int) -> Problem:
 
     Labels are in alphabetical order, as in the design issue 4 measured to work: with
     random distinct labels the model had not learned to copy from the prompt after 200
-    steps (loss stuck at 0.9, accuracy 8%, chance 10%; see the README).
+    steps (loss stuck at 0.9, accuracy 8%, chance 10%; see docs/testbed.md).
     """
     if not 1 <= difficulty <= 26:
         raise ValueError(f"difficulty must be in 1..26, got {difficulty}")
