@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from conftest import make_tiny_model_dir
-from test_faults import KILL_AT, child_env, same_weights
+from faults_support import KILL_AT, child_env, same_weights
 
 from artifacts.errors import ShortcotError
 from artifacts.jsonl import write_jsonl
