@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 from unittest import mock
 
 import pytest
 
 from artifacts.cards import hub_id, public_ref, write_dataset_card, write_model_card
-from artifacts.config import load_config, parse_overrides
+from artifacts.cli import YamlMapping, arg, make_parser, parse_args
 from artifacts.errors import ShortcotError
 from artifacts.hub import push_folder, resolve_local
 from artifacts.jsonl import JsonlAppender, read_jsonl
@@ -20,38 +21,64 @@ from artifacts.outdir import atomic_output_dir, check_free_space
 
 
 @dataclasses.dataclass
-class Inner:
-    alpha: float = 0.5
-    names: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class Cfg:
-    lr: float = 1e-6
-    steps: int = 10
-    use_lora: bool = False
-    mode: str = "dler"
-    target: int | None = None
-    inner: Inner = dataclasses.field(default_factory=Inner)
+    lr: float = arg(1e-6, "learning rate")
+    steps: int = arg(10, "optimizer steps")
+    use_lora: bool = arg(False, "train a LoRA adapter")
+    mode: Literal["dler", "grpo"] = arg("dler", "advantage")
+    target: int | None = arg(None, "L_T")
+    names: list[str] = arg(["q_proj"], "modules")
+    extra: YamlMapping = arg({}, "settings for a stage")
 
 
-def test_config_yaml_and_overrides(tmp_path):
+def _parse(argv):
+    (cfg,) = parse_args([Cfg], argv, prog="x")
+    return cfg
+
+
+def test_recipe_then_flags_last_wins(tmp_path):
+    """TRL's convention: a recipe's keys are the flags' names, flags given after it win."""
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 1.0e-5\nsteps: 20\ninner:\n  alpha: 0.25\n")
-    cfg = load_config(Cfg, path, ["steps=30", "use_lora=true", "inner.names=[a,b]", "target=48"])
-    assert cfg.lr == 1e-5 and cfg.steps == 30 and cfg.use_lora is True
-    assert cfg.inner.alpha == 0.25 and cfg.inner.names == ["a", "b"] and cfg.target == 48
+    path.write_text("lr: 1.0e-5\nsteps: 20\nnames: [a, b]\nextra: {max_steps: 3}\n")
+    cfg = _parse(["--config", str(path), "--steps", "30", "--use_lora", "--target", "48"])
+    assert cfg.lr == 1e-5 and cfg.steps == 30 and cfg.use_lora is True and cfg.target == 48
+    assert cfg.names == ["a", "b"] and cfg.extra == {"max_steps": 3}
+    cfg = _parse(
+        ["--use-lora", "false", "--names", "x", "y", "--extra", "{a: 1}", "--mode", "grpo"]
+    )
+    assert cfg.use_lora is False and cfg.names == ["x", "y"] and cfg.extra == {"a": 1}
+    assert cfg.mode == "grpo" and _parse([]).names == ["q_proj"]  # a fresh default each time
+    path.write_text("lr: 1e-5\n")  # PyYAML reads this as a string; the flag's type converts it
+    assert _parse(["--config", str(path)]).lr == 1e-5
 
 
-def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ShortcotError, match="unknown config key.*lrr"):
-        load_config(Cfg, None, ["lrr=1"])
-    with pytest.raises(ShortcotError, match="steps: expected int"):
-        load_config(Cfg, None, ["steps=abc"])
-    with pytest.raises(ShortcotError, match="not key=value"):
-        parse_overrides(["steps"])
-    with pytest.raises(ShortcotError, match="does not exist"):
-        load_config(Cfg, tmp_path / "missing.yaml")
+def test_bad_settings_are_one_line_errors_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    cases = [
+        (["--lrr", "1"], "unrecognized argument.*--lrr"),
+        (["--ste", "1"], "unrecognized argument"),  # no abbreviations
+        (["--steps", "abc"], "--steps: invalid int value: 'abc'"),
+        (["--mode", "ppo"], "invalid choice: 'ppo'"),
+        (["--extra", "[1, 2]"], "not a mapping"),
+        (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["--config"], "--config needs a YAML file"),
+    ]
+    for argv, match in cases:
+        with pytest.raises(ShortcotError, match=match):
+            _parse(argv)
+    path.write_text("stpes: 3\n")
+    with pytest.raises(ShortcotError, match=r"unknown key\(s\) stpes \(did you mean steps\?\)"):
+        _parse(["--config", str(path)])
+    path.write_text("steps: [unclosed\n")
+    with pytest.raises(ShortcotError, match="not valid YAML"):
+        _parse(["--config", str(path)])
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    text = make_parser([Cfg], prog="x").format_help()
+    for name in ("--lr", "--steps", "--use_lora", "--mode", "--target", "--names", "--extra"):
+        assert name in text
+    assert "learning rate (default: 1e-06)" in " ".join(text.split())
 
 
 def test_atomic_output_dir_moves_on_success_and_cleans_on_failure(tmp_path):
