@@ -26,10 +26,40 @@ import difflib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from artifacts.config import read_yaml_mapping
+import yaml
+
 from artifacts.errors import ShortcotError
+
+
+def read_yaml_mapping(path: str | os.PathLike, recipes: str = "configs/") -> dict:
+    """The ``key: value`` mapping of a YAML file; every way it can be wrong (missing, a
+    folder, not text, not YAML, not a mapping) is a one-line `ShortcotError`."""
+    p = Path(path)
+    if not p.exists():
+        raise ShortcotError(
+            f"config file {p} does not exist; check the path (recipes live in {recipes})"
+        )
+    if p.is_dir():
+        raise ShortcotError(f"config file {p} is a folder; pass a YAML file")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ShortcotError(f"config file {p} is not a text file; pass a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "not YAML"
+        raise ShortcotError(
+            f"config file {p} is not valid YAML ({problem}{where}); fix it or pass a YAML recipe"
+        ) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ShortcotError(f"config file {p} must hold a mapping of key: value")
+    return loaded
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **metadata) -> Any:

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts.config import read_yaml_mapping
+from artifacts.cli import read_yaml_mapping
 from artifacts.errors import ShortcotError
 from pipeline.config import PipelineConfig
 from pipeline.stages import Stage
