@@ -5,7 +5,8 @@ This is TRL's convention (``trl grpo --config recipe.yaml --learning_rate 1e-6``
 TRL's own parser, `trl.TrlParser` (a `transformers.HfArgumentParser`): a field ``max_steps``
 is the flag ``--max_steps`` (``--max-steps`` works too), its ``metadata["help"]`` is its
 ``--help`` line, a ``Literal`` type lists its choices, a ``bool`` takes ``--flag`` /
-``--flag false`` / ``--no_flag``, a ``list`` takes several values. A YAML recipe sets the
+``--flag false`` (and ``--no_flag`` when it defaults to true), a ``list`` takes several
+values. A YAML recipe sets the
 same keys; flags given on the command line win over it.
 
 What this module adds to ``TrlParser``, and why it is written here:
