@@ -195,3 +195,21 @@ def test_pipeline_flags_and_mappings_parse():
     assert cfg.rl_args == {"max_steps": 3} and cfg.merge_density == 0.5
     with pytest.raises(ShortcotError, match="not a YAML mapping|not a mapping"):
         _load("configs/pipeline/testbed.yaml", "--rl_args", "[1, 2]")
+
+
+@pytest.mark.parametrize(
+    "recipe", ["configs/pipeline/testbed.yaml", "configs/pipeline/r1_1.5b_gpu.yaml"]
+)
+def test_every_stage_parses_the_settings_the_pipeline_writes(recipe, tmp_path):
+    """Each stage's YAML goes through that stage command's own parser (nothing runs)."""
+    import importlib
+
+    import torch
+
+    stages = plan(_load(recipe, "--workdir", str(tmp_path)))
+    for stage in stages:
+        stage.write_config()
+        argv = list(stage.args)
+        if stage.module in ("train.rl", "distill.sft") and not torch.cuda.is_available():
+            argv.append("--use_cpu")  # GPU recipes set bf16, checked against the machine
+        importlib.import_module(stage.module).parse_args(argv)
