@@ -69,8 +69,8 @@ def _command(name: str, a: Path, out: Path) -> tuple:
         "evals.run": (evals_run.main, ["--model", a / "base", "--data", problems, "--out", out,
                                        "--grader", "testbed", "--no-progress"]),
         "evals.compare": (compare.main, ["--dirs", a / "eval_ref", "--out", out]),
-        "pipeline": (pipeline.main, ["run", f"workdir={out}", f"base_model={a / 'base'}",
-                                     f"train_data={problems}", f"test_data={problems}"]),
+        "pipeline": (pipeline.main, ["run", "--workdir", out, "--base_model", a / "base",
+                                     "--train_data", problems, "--test_data", problems]),
     }[name]  # fmt: skip
 
 
@@ -207,7 +207,7 @@ def test_pipeline_config_not_yaml(assets, tmp_path, capsys):
     line = one_error(
         *run_main(
             pipeline.main,
-            ["run", "--config", assets / "binary.yaml", f"workdir={tmp_path}"],
+            ["run", "--config", assets / "binary.yaml", "--workdir", tmp_path],
             capsys,
         )[::2]
     )
