@@ -130,7 +130,7 @@ def _parser_class():
         def error(
             self, message: str
         ):  # argparse would print usage and exit with a traceback-less 2
-            raise ShortcotError(f"{message}; see python -m {self.prog} --help")
+            raise ShortcotError(f"{message}; see {self.prog} --help")
 
     return Parser
 
@@ -144,7 +144,7 @@ def make_parser(types: Sequence[type], prog: str, description: str = "", epilog:
 
     return _parser_class()(
         dataclass_types=list(types),
-        prog=prog,
+        prog=f"python -m {prog}" if prog else None,
         description=description,
         epilog=epilog,
         formatter_class=Formatter,

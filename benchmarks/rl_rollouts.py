@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     (cfg,) = parse_args(
         [RolloutBenchConfig],
         argv,
-        prog="benchmarks/rl_rollouts.py",
+        prog="benchmarks.rl_rollouts",
         description=__doc__.split("\n\n")[0],
     )
     import torch
