@@ -195,6 +195,18 @@ def round_ends(steps: Sequence[str]) -> list[bool]:
     return out
 
 
+def _with_steps(traces: Sequence[Trace], ctx: Context, res: StageResult, name: str):
+    """(trace, its parts, its reasoning steps) for each trace with a think block; a trace
+    without one is kept as it is (noted in ``res``): there is nothing to cut."""
+    for t in traces:
+        parts = split_completion(t.text)
+        if parts is None:
+            res.kept.append(t)
+            res.notes.append(f"{name}: no think block, kept as is")
+            continue
+        yield t, parts, ctx.splitter(parts.thinking)
+
+
 def first_correct_cut(
     steps: Sequence[str], ctx: Context, keep_verification: bool = False
 ) -> int | None:
@@ -247,13 +259,7 @@ def first_correct(
     uncut trace (``on_fail="keep"``, which was itself verified) or dropped (``"drop"``).
     """
     res = StageResult([])
-    for t in traces:
-        parts = split_completion(t.text)
-        if parts is None:
-            res.kept.append(t)
-            res.notes.append("first-correct: no think block, kept as is")
-            continue
-        steps = ctx.splitter(parts.thinking)
+    for t, parts, steps in _with_steps(traces, ctx, res, "first-correct"):
         n, note = _first_correct_cut(steps, ctx, keep_verification)
         if note:
             res.notes.append(note)
@@ -392,13 +398,7 @@ def step_prune(
     fails the trace is kept unpruned.
     """
     res = StageResult([])
-    for t in traces:
-        parts = split_completion(t.text)
-        if parts is None:
-            res.kept.append(t)
-            res.notes.append("step-prune: no think block, kept as is")
-            continue
-        steps = ctx.splitter(parts.thinking)
+    for t, parts, steps in _with_steps(traces, ctx, res, "step-prune"):
         if scorer is None:
             cands = redundant_steps(steps)
         else:
