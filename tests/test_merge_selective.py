@@ -89,6 +89,29 @@ def test_bf16_ties_and_chunked_tensors(bf16_pair, tmp_path, scope, path, monkeyp
     assert got["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_output_does_not_depend_on_threads(bf16_pair, tmp_path, scope, monkeypatch):
+    """Every chunk split across 1 or 3 threads (and tensors read chunk by chunk): the same
+    bytes, kept counts and delta norms."""
+    monkeypatch.setattr("merge.select.CHUNK", 1000)
+    monkeypatch.setattr("merge.slices.MIN_SLICE", 64)
+    records = []
+    for threads in (1, 3):
+        out = run(
+            base=str(bf16_pair / "base"),
+            tuned=str(bf16_pair / "tuned"),
+            out=str(tmp_path / f"t{threads}"),
+            scope=scope,
+            exclude=["norm"],
+            shard_size="30KB",
+            threads=threads,
+        )
+        record = json.loads((out / "merge_record.json").read_text())
+        files = {f.name: f.read_bytes() for f in sorted(out.glob("*.safetensors"))}
+        records.append((files, record["tensors"], record.get("threshold")))
+    assert len(records[0][0]) > 1 and records[0] == records[1]
+
+
 def test_excludes_and_dtype(pair, tmp_path):
     ex = ["embed_tokens", r"norm\.weight$"]
     out = run(
