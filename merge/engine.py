@@ -145,7 +145,7 @@ def run_tensor_scope(plan: MergePlan, writer: ShardedWriter, bar) -> dict[str, T
     ws = Workspace(cfg.device)
     stats = {}
     with Slices(threads_for(plan)) as slices:
-        for job, pair in prefetched(plan, plan.jobs):
+        for job, pair in prefetched(plan, plan.jobs, ws.slots):
             st = stats[job.name] = TensorStats(job.name, job.action, job.numel)
             if job.action != "merge":
                 writer.write(job.name, _take(plan, job, pair, st, writer))
@@ -212,7 +212,7 @@ def _global_passes(plan, writer, bar, ws: Workspace, slices: Slices):
     merged = [j for j in plan.jobs if j.action == "merge"]
     stats = {j.name: TensorStats(j.name, j.action, j.numel) for j in plan.jobs}
     hist = torch.zeros(select.HIGH_BUCKETS, dtype=torch.int64, device=dev)
-    for job, pair in prefetched(plan, merged):  # pass 1
+    for job, pair in prefetched(plan, merged, ws.slots):  # pass 1
         hist += _norm_hist(job, pair, stats[job.name], ws, slices)
         bar.update(job.numel)
     k = select.keep_count(plan.merged_numel, cfg.density)
@@ -222,14 +222,14 @@ def _global_passes(plan, writer, bar, ws: Workspace, slices: Slices):
     if not use_pending:  # an extra pass over the merged tensors for the exact threshold
 
         def deltas():
-            for job, pair in prefetched(plan, merged):
+            for job, pair in prefetched(plan, merged, ws.slots):
                 for s, e in chunk_bounds(job.numel):
                     ws.fill(pair, s, e, slices)
                     yield ws.chunk(e - s)[0]
 
         budget = select.TieBudget(select.threshold_from_deltas(hist, deltas, k))
     pending = Pending()
-    for index, (job, pair) in enumerate(prefetched(plan, plan.jobs)):  # pass 2: write
+    for index, (job, pair) in enumerate(prefetched(plan, plan.jobs, ws.slots)):  # pass 2: write
         st = stats[job.name]
         if job.action != "merge":
             writer.write(job.name, _take(plan, job, pair, st, writer))

@@ -74,13 +74,16 @@ def load_pair(plan: MergePlan, job: Job, slot: ReadSlot | None = None) -> Pair:
     return Pair(base, None if t_info is None else _read(t_info, bufs[1], defer), extra)
 
 
-def prefetched(plan: MergePlan, jobs: list[Job]) -> Iterator[tuple[Job, Pair]]:
+def prefetched(
+    plan: MergePlan, jobs: list[Job], slots: tuple[ReadSlot, ReadSlot] | None = None
+) -> Iterator[tuple[Job, Pair]]:
     """Yield ``(job, pair)`` while the next pair is read on a background thread.
 
-    Pairs alternate between two read slots: a pair's memory is reused for the one after
-    next, so the caller must be done with it (and hand the writer a copy) before asking
-    for the next pair."""
-    slots = (ReadSlot(), ReadSlot())
+    Pairs alternate between two read slots (``slots``, e.g. a `Workspace`'s, kept from
+    one pass to the next): a pair's memory is reused for the one after next, so the
+    caller must be done with it (and hand the writer a copy) before asking for the next
+    pair; one pass at a time."""
+    slots = slots or (ReadSlot(), ReadSlot())
     with ThreadPoolExecutor(max_workers=1) as pool:
         nxt = pool.submit(load_pair, plan, jobs[0], slots[0]) if jobs else None
         for i, job in enumerate(jobs):
@@ -92,8 +95,8 @@ def prefetched(plan: MergePlan, jobs: list[Job]) -> Iterator[tuple[Job, Pair]]:
 
 class Workspace:
     """float32 base and delta, and the delta's magnitude buckets, of one chunk (at most
-    ``select.CHUNK`` entries), plus a float32 mask, and the raw bytes of a chunk of a
-    tensor read chunk by chunk; allocated once per merge."""
+    ``select.CHUNK`` entries), plus a float32 mask, the raw bytes of a chunk of a tensor
+    read chunk by chunk, and the read slots; allocated once per merge."""
 
     def __init__(self, device: str):
         n = select.CHUNK
@@ -103,6 +106,7 @@ class Workspace:
         self.mask = torch.empty(n, dtype=torch.float32, device=device)
         # 8 bytes per entry covers every dtype; pages never written take no memory
         self.raw = [torch.empty(8 * n, dtype=torch.uint8) for _ in range(2)]
+        self.slots = (ReadSlot(), ReadSlot())  # for `prefetched`, one pass after another
 
     def _source(self, x, start: int, end: int, side: int):
         """``get(a, c)``: entries ``[start + a, start + c)`` of a pair's side, flat."""
