@@ -1,38 +1,78 @@
 """Benchmark: `merge.selective` against `mergekit-yaml` (ties) and a plain streaming pass.
 
-    python benchmarks/merge_vs_mergekit.py [--layers 14] [--runs 1] [--skip-mergekit]
+    python benchmarks/merge_vs_mergekit.py [--layers 14] [--runs 3] [--skip_mergekit]
 
 Generates a Llama pair of about 300M parameters in bf16, sharded (hidden 1024, MLP 4096,
 14 layers, vocab 32000, untied embeddings; tuned = base + N(0, 1e-3)), cached under
-``runs/bench/`` so reruns reuse it. Then, in one run, each as its own subprocess (wall
-time and peak RSS via ``benchmarks/_measure.py``):
+``runs/bench/`` so reruns reuse it. Then runs, each as its own subprocess measured by
+``benchmarks/_measure.py`` (wall time, user and system CPU time, minor page faults, peak
+RSS, and the CPU that other processes used meanwhile):
 
-1. ``python -m merge.selective`` per-tensor scope (density 0.25, scale 0.7);
+1. ``python -m merge.selective`` per-tensor scope (density 0.25, scale 0.7), its defaults;
 2. the same with ``--scope global``;
-3. ``mergekit-yaml`` with ``ties`` (one model, density 0.25, weight 1, lambda 0.7,
-   normalize/rescale false, dtype float32, out_dtype bfloat16): the same merge;
-4. a plain streaming pass (read both, write base + 0.7 * delta, no selection): the I/O floor.
+3. the same as 1 with ``--threads 1`` (what to pass on a busy shared machine);
+4. a plain streaming pass (read both, write base + 0.7 * delta, no selection): the I/O
+   floor (``benchmarks/_plain_pass.py``);
+5. ``mergekit-yaml`` with ``ties`` (one model, density 0.25, weight 1, lambda 0.7,
+   normalize/rescale false, dtype float32, out_dtype bfloat16): the same merge; and again
+   with ``OMP_NUM_THREADS=1``.
 
-Prints a markdown table with ratios, and how many entries of our per-tensor output
-differ from mergekit's (bf16 deltas tie a lot; mergekit's argsort breaks ties in an
-unspecified order, we keep the lower index, so a few tied entries may differ).
-Timings are sensitive to other load on the machine: run it alone.
+Every command runs ``--runs`` times, interleaved (the first run of each, then the second
+of each, ...), so that a change of load hits them alike; the table shows medians. Ours
+also merges a ``--depth_layers`` pair once, to show that peak memory does not grow with
+depth. The output says whether the machine was idle: wall times are only comparable on an
+idle machine, CPU times and page faults barely move with other load.
+
+Also prints how many entries of our per-tensor output differ from mergekit's (bf16 deltas
+tie a lot; mergekit's argsort breaks ties in an unspecified order, we keep the lower
+index, so a few tied entries may differ).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "runs" / "bench"
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from artifacts.cli import arg  # noqa: E402
+from artifacts.cli import parse_args as parse_cli  # noqa: E402
+from artifacts.errors import run_cli  # noqa: E402
+
+OURS = "merge.selective --scope tensor"
+OURS_GLOBAL = "merge.selective --scope global"
+OURS_ONE = "merge.selective --scope tensor --threads 1"
+PLAIN = "plain streaming pass (I/O floor)"
+MERGEKIT = "mergekit-yaml ties"
+MERGEKIT_ONE = "mergekit-yaml ties, OMP_NUM_THREADS=1"
+
+
+@dataclass
+class BenchmarkArguments:
+    """The benchmark's settings."""
+
+    layers: int = arg(14, "decoder layers of the generated pair (14: about 300M parameters)")
+    runs: int = arg(3, "interleaved runs of every command; the table shows medians")
+    skip_mergekit: bool = arg(False, "do not run mergekit (faster iterations)")
+    device: str = arg("cpu", "--device for merge.selective")
+    threads: int | None = arg(
+        None,
+        "--threads for merge.selective in its default rows (unset: its default, the cores available)",
+    )
+    depth_layers: int = arg(
+        4, "also merge a pair this deep once (ours only) to compare peak memory; 0: skip"
+    )
 
 
 def generate_pair(
@@ -134,6 +174,34 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     return res
 
 
+def medians(runs: list[dict]) -> dict:
+    """The median of every figure over a command's runs."""
+    keys = ("wall_s", "cpu_s", "user_s", "sys_s", "minor_faults", "peak_rss_mb")
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def idle_verdict(all_runs: list[dict]) -> str:
+    """Whether the machine was idle: CPU that other processes used during our runs (from
+    /proc/stat) and the load average before the first run, against the cores."""
+    cores = all_runs[0]["cores"]
+    others = [r["others_cores"] for r in all_runs if r["others_cores"] is not None]
+    load = all_runs[0]["load_before"]
+    if others:
+        busy = statistics.median(others)
+        idle = busy < 0.1 * cores and max(others) < 0.25 * cores
+        detail = (
+            f"other processes used a median {busy:.2f} (max {max(others):.2f}) of "
+            f"{cores} cores during the runs; load average before them {load:.2f}"
+        )
+    else:
+        idle = load < 0.1 * cores
+        detail = f"load average {load:.2f} before the runs on {cores} cores"
+    verdict = (
+        "idle" if idle else "NOT idle: wall times include waiting for the CPU, compare CPU times"
+    )
+    return f"machine {verdict} ({detail})"
+
+
 def compare(ours: Path, theirs: Path) -> tuple[int, int, float]:
     """(entries differing, total entries, max |difference|) between two merged models."""
     from safetensors import safe_open
@@ -160,20 +228,99 @@ def compare(ours: Path, theirs: Path) -> tuple[int, int, float]:
     return diff, total, worst
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--layers", type=int, default=14, help="decoder layers (14 -> ~300M parameters)")
-    p.add_argument(
-        "--runs", type=int, default=1, help="repetitions of each command (the best is reported)"
-    )
-    p.add_argument(
-        "--skip-mergekit", action="store_true", help="do not run mergekit (faster iterations)"
-    )
-    p.add_argument("--device", default="cpu", help="--device for merge.selective")
-    args = p.parse_args(argv)
+def _commands(args: BenchmarkArguments, base: Path, tuned: Path, outs: Path) -> dict:
+    py = sys.executable
+    sel = [py, "-m", "merge.selective", "--base", str(base), "--tuned", str(tuned)]
+    sel += ["--force", "--device", args.device]
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    commands = {
+        OURS: (sel + threads + ["--out", str(outs / "tensor")], None),
+        OURS_GLOBAL: (sel + threads + ["--out", str(outs / "global"), "--scope", "global"], None),
+        OURS_ONE: (sel + ["--out", str(outs / "tensor1"), "--threads", "1"], None),
+        PLAIN: (
+            [py, "benchmarks/_plain_pass.py", "--base", str(base), "--tuned", str(tuned)]
+            + ["--out", str(outs / "plain")],
+            None,
+        ),
+    }
+    if not args.skip_mergekit:
+        recipe = outs / "ties.yaml"
+        recipe.write_text(
+            f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {tuned}\n"
+            "    parameters:\n      density: 0.25\n      weight: 1.0\n"
+            "parameters:\n  normalize: false\n  rescale: false\n  lambda: 0.7\n"
+            "dtype: float32\nout_dtype: bfloat16\n"
+        )
+        mk = [shutil.which("mergekit-yaml") or "mergekit-yaml", str(recipe), str(outs / "mergekit")]
+        commands[MERGEKIT] = (mk, None)
+        commands[MERGEKIT_ONE] = (mk, {"OMP_NUM_THREADS": "1"})
+    return commands
 
+
+def _depth_check(args: BenchmarkArguments, outs: Path) -> dict[str, dict]:
+    """Ours on a shallower pair, once per scope: peak RSS should not depend on depth."""
+    pair = BENCH / f"llama_{args.depth_layers}l_bf16"
+    generate_pair(pair, args.depth_layers)
+    sel = [sys.executable, "-m", "merge.selective", "--base", str(pair / "base")]
+    sel += ["--tuned", str(pair / "tuned"), "--force", "--device", args.device]
+    sel += ["--threads", str(args.threads)] if args.threads else []
+    return {
+        scope: measure(sel + ["--out", str(outs / f"depth_{scope}"), "--scope", scope])
+        for scope in ("tensor", "global")
+    }
+
+
+def _table(results: dict[str, dict]) -> None:
+    ref = results[OURS]
+    print(
+        "| run | wall (s) | user (s) | sys (s) | CPU (s) | minor faults | peak RSS (MB) "
+        "| wall / ours | CPU / ours | RSS / ours |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in results.items():
+        print(
+            f"| {label} | {r['wall_s']:.2f} | {r['user_s']:.2f} | {r['sys_s']:.2f} | "
+            f"{r['cpu_s']:.2f} | {r['minor_faults'] / 1e3:.0f}k | {r['peak_rss_mb']:.0f} | "
+            f"{r['wall_s'] / ref['wall_s']:.2f}x | {r['cpu_s'] / ref['cpu_s']:.2f}x | "
+            f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x |"
+        )
+
+
+def _ratios(results: dict[str, dict]) -> None:
+    ours, glob, plain = results[OURS], results[OURS_GLOBAL], results[PLAIN]
+    for what, key in (("wall time", "wall_s"), ("CPU time", "cpu_s")):
+        line = (
+            f"{what}: ours (tensor) / plain pass {ours[key] / plain[key]:.2f}x, "
+            f"global / tensor {glob[key] / ours[key]:.2f}x"
+        )
+        if MERGEKIT in results:
+            mk, mk1 = results[MERGEKIT], results[MERGEKIT_ONE]
+            line += (
+                f", mergekit / ours (tensor) {mk[key] / ours[key]:.1f}x "
+                f"({mk1[key] / ours[key]:.1f}x against mergekit on one thread), "
+                f"mergekit / ours (global) {mk[key] / glob[key]:.1f}x"
+            )
+        print(line)
+    if MERGEKIT in results:
+        mk = results[MERGEKIT]["peak_rss_mb"]
+        print(
+            f"peak RSS: ours (tensor, global) / mergekit {ours['peak_rss_mb'] / mk:.2f}, "
+            f"{glob['peak_rss_mb'] / mk:.2f}"
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchmarkArguments]:
+    """``--config recipe.yaml`` and ``--flags`` into the settings; see ``--help``."""
+    return parse_cli(
+        [BenchmarkArguments],
+        argv,
+        prog="benchmarks.merge_vs_mergekit",
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (args,) = parse_args(argv)
     pair = BENCH / f"llama_{args.layers}l_bf16"
     generate_pair(pair, args.layers)
     base, tuned, outs = pair / "base", pair / "tuned", BENCH / "outputs"
@@ -186,97 +333,49 @@ def main(argv=None) -> None:
             for info in _header(f).values()
         ]
     )
-    recipe = outs / "ties.yaml"
-    recipe.write_text(
-        f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {tuned}\n"
-        "    parameters:\n      density: 0.25\n      weight: 1.0\n"
-        "parameters:\n  normalize: false\n  rescale: false\n  lambda: 0.7\n"
-        "dtype: float32\nout_dtype: bfloat16\n"
-    )
-    py = sys.executable
-    sel = [
-        py,
-        "-m",
-        "merge.selective",
-        "--base",
-        str(base),
-        "--tuned",
-        str(tuned),
-        "--force",
-        "--device",
-        args.device,
-    ]
-    commands = {
-        "merge.selective --scope tensor": sel + ["--out", str(outs / "tensor")],
-        "merge.selective --scope global": sel
-        + ["--out", str(outs / "global"), "--scope", "global"],
-        "plain streaming pass (I/O floor)": [
-            py,
-            "benchmarks/_plain_pass.py",
-            str(base),
-            str(tuned),
-            str(outs / "plain"),
-        ],
-    }
-    if not args.skip_mergekit:
-        mk = [shutil.which("mergekit-yaml") or "mergekit-yaml", str(recipe), str(outs / "mergekit")]
-        commands["mergekit-yaml ties"] = mk
-        commands["mergekit-yaml ties, OMP_NUM_THREADS=1"] = mk
-    results = {}
-    for label, cmd in commands.items():
-        env = {"OMP_NUM_THREADS": "1"} if label.endswith("OMP_NUM_THREADS=1") else None
-        best = None
-        for _ in range(args.runs):
+    commands = _commands(args, base, tuned, outs)
+    runs: dict[str, list[dict]] = {label: [] for label in commands}
+    for i in range(args.runs):  # interleaved: run i of every command, then run i + 1
+        for label, (cmd, env) in commands.items():
             if label.startswith("mergekit"):
                 shutil.rmtree(outs / "mergekit", ignore_errors=True)
             r = measure(cmd, env)
-            best = r if best is None or r["wall_s"] < best["wall_s"] else best
-        results[label] = best
-        print(
-            f"{label}: {best['wall_s']:.2f} s wall, {best['cpu_s']:.2f} s CPU, "
-            f"{best['peak_rss_mb']:.0f} MB",
-            flush=True,
-        )
+            runs[label].append(r)
+            print(
+                f"[{i + 1}/{args.runs}] {label}: {r['wall_s']:.2f} s wall, {r['user_s']:.2f} s "
+                f"user + {r['sys_s']:.2f} s sys, {r['minor_faults'] / 1e3:.0f}k faults, "
+                f"{r['peak_rss_mb']:.0f} MB; others used {r['others_cores'] or 0:.2f} cores",
+                flush=True,
+            )
+    results = {label: medians(rs) for label, rs in runs.items()}
+    depth = _depth_check(args, outs) if args.depth_layers else {}
 
-    ref = results["merge.selective --scope tensor"]
     print(
         f"\n{n_params / 1e6:.0f}M-parameter bf16 Llama pair, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, best of {args.runs}\n"
+        f"torch {torch.__version__}, medians of {args.runs} interleaved runs; "
+        + idle_verdict([r for rs in runs.values() for r in rs])
+        + "\n"
     )
-    print(
-        "| run | wall time (s) | CPU time (s) | peak RSS (MB) | wall / ours (tensor) | RSS / ours (tensor) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for label, r in results.items():
+    _table(results)
+    print()
+    _ratios(results)
+    if depth:
         print(
-            f"| {label} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['wall_s'] / ref['wall_s']:.2f}x | {r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x |"
+            "peak RSS by depth (ours): "
+            + ", ".join(
+                f"{scope} {depth[scope]['peak_rss_mb']:.0f} MB at {args.depth_layers} layers, "
+                f"{results[OURS if scope == 'tensor' else OURS_GLOBAL]['peak_rss_mb']:.0f} MB "
+                f"at {args.layers}"
+                for scope in ("tensor", "global")
+            )
         )
-    ref_t, ref_m = ref["wall_s"], ref["peak_rss_mb"]
-    if "mergekit-yaml ties" in results:
-        mk = results["mergekit-yaml ties"]
-        plain = results["plain streaming pass (I/O floor)"]
-        glob = results["merge.selective --scope global"]
-        mk1 = results.get("mergekit-yaml ties, OMP_NUM_THREADS=1", mk)
-        print(
-            f"\nwall time: mergekit / ours (tensor) {mk['wall_s'] / ref_t:.1f}x "
-            f"({mk1['wall_s'] / ref_t:.1f}x against mergekit on one thread), "
-            f"mergekit / ours (global) {mk['wall_s'] / glob['wall_s']:.1f}x; "
-            f"ours (tensor) / plain pass {ref_t / plain['wall_s']:.2f}x; "
-            f"global / tensor {glob['wall_s'] / ref_t:.2f}x; "
-            f"peak RSS ours (tensor, global) / mergekit {ref_m / mk['peak_rss_mb']:.2f}, "
-            f"{glob['peak_rss_mb'] / mk['peak_rss_mb']:.2f}"
-        )
-        print(
-            f"CPU time: mergekit / ours (tensor) {mk['cpu_s'] / ref['cpu_s']:.1f}x, "
-            f"ours (tensor) / plain {ref['cpu_s'] / plain['cpu_s']:.2f}x, "
-            f"global / tensor {glob['cpu_s'] / ref['cpu_s']:.2f}x"
-        )
+    if MERGEKIT in results:
         diff, total, worst = compare(outs / "tensor", outs / "mergekit")
         print(
             f"entries of our tensor-scope output that differ from mergekit's: {diff} of {total} "
             f"({diff / total:.2e}; max |diff| {worst:.3g}; tie order at the threshold)"
         )
+    return 0
 
 
 def _header(path: Path) -> dict:
@@ -288,4 +387,4 @@ def _header(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, sys.argv[1:])

@@ -5,8 +5,9 @@ Why not ``safetensors.safe_open``: it memory-maps whole shards, and every page a
 touches stays in the process's resident set until the file is closed, so reading a
 checkpoint once costs its full size in RSS (this is most of mergekit's peak memory).
 Here the safetensors header (8-byte length + JSON) is parsed directly and each tensor is
-read with ``os.preadv`` into a fresh buffer, so memory holds only the tensors in use,
-and reads release the GIL (the merge overlaps them with compute).
+read with ``os.preadv`` into a buffer (a fresh one, or one the merge reuses), so memory
+holds only the tensors in use, and reads release the GIL (the merge overlaps them with
+compute).
 """
 
 from __future__ import annotations
@@ -96,23 +97,44 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict[str, TensorInfo]]:
     return meta, infos
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor from disk into its own (writable) buffer."""
+def _pread(path: Path, offset: int, buf: torch.Tensor) -> None:
+    """Fill the uint8 tensor ``buf`` with the bytes of ``path`` from ``offset`` on."""
+    nbytes = buf.numel()
+    if not nbytes:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        view = memoryview(buf.numpy())
+        got = 0
+        while got < nbytes:  # preadv may return short reads on some filesystems
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n <= 0:
+                raise ShortcotError(f"{path} is truncated; re-download it")
+            got += n
+    finally:
+        os.close(fd)
+
+
+def read_tensor(info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor from disk into its own (writable) buffer, or into ``buffer`` (flat
+    uint8, reused by the caller) when it is large enough."""
     nbytes = info.end - info.start
-    buf = torch.empty(nbytes, dtype=torch.uint8)
-    if nbytes:
-        fd = os.open(info.file, os.O_RDONLY)
-        try:
-            view = memoryview(buf.numpy())
-            got = 0
-            while got < nbytes:  # preadv may return short reads on some filesystems
-                n = os.preadv(fd, [view[got:]], info.start + got)
-                if n <= 0:
-                    raise ShortcotError(f"{info.file} is truncated; re-download it")
-                got += n
-        finally:
-            os.close(fd)
+    if buffer is not None and buffer.numel() >= nbytes:
+        buf = buffer[:nbytes]
+    else:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+    _pread(info.file, info.start, buf)
     return buf.view(info.dtype).reshape(info.shape)
+
+
+def read_entries(info: TensorInfo, first: int, last: int, buffer: torch.Tensor) -> torch.Tensor:
+    """Flat entries ``[first, last)`` of a tensor, read into the start of ``buffer`` (flat
+    uint8, at least ``(last - first) * itemsize`` bytes): a chunk of a large tensor without
+    reading the rest."""
+    size = torch.empty((), dtype=info.dtype).element_size()
+    buf = buffer[: (last - first) * size]
+    _pread(info.file, info.start + first * size, buf)
+    return buf.view(info.dtype)
 
 
 def load_json(path: Path) -> dict:

@@ -74,13 +74,11 @@ class MergeConfig:
         "record the sha256 of every input weight file in merge_record.json (reads them once "
         "more; by default the record holds Hub revisions, sizes and header hashes)",
     )
-    # One thread by default: the reader and writer threads already overlap I/O with the
-    # arithmetic, and on a shared 2-core machine two OpenMP threads made the merge 2x
-    # slower (they wait for each other).
-    threads: int = arg(
-        1,
-        "intra-op threads for the arithmetic (default %(default)s; reading and writing run on "
-        "their own threads; more helps only on an idle many-core machine)",
+    threads: int | None = arg(
+        None,
+        "threads for the arithmetic, each chunk split among them (default: one per core "
+        "this process may use, at most 8; reading and writing run on threads of their own; "
+        "on a shared machine pass fewer); the output is the same for any number",
     )
 
 
@@ -103,7 +101,7 @@ def validate(cfg: MergeConfig) -> list[re.Pattern]:
             "--device cuda was asked for but no CUDA device is available; use --device cpu"
         )
     parse_size(cfg.shard_size)
-    if cfg.threads < 1:
+    if cfg.threads is not None and cfg.threads < 1:
         raise ShortcotError(f"--threads {cfg.threads} must be at least 1")
     patterns = []
     for p in cfg.exclude:

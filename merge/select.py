@@ -21,7 +21,8 @@ lie above it. Entries above that bucket are kept, entries below are dropped, and
 few inside it are decided exactly, either
 
 * by setting them aside (position, key, value if kept) while the output is written and
-  keeping the ``need`` largest with a stable sort (`split_at_bucket`, `choose_pending`):
+  keeping the ``need`` largest with a stable sort (`above_bucket`, `bucket_positions`,
+  `choose_pending`):
   one histogram pass plus the write pass; or
 * when the bucket is too big to set aside (e.g. a tensor whose deltas are all zero), by
   a second histogram over the low 16 bits of the keys inside the bucket, which gives the
@@ -39,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 HIGH_BUCKETS = 1 << 15  # high 16 bits of a non-negative float32: sign bit is 0
@@ -74,13 +76,14 @@ def magnitude_keys(delta: torch.Tensor) -> torch.Tensor:
     return delta.abs().reshape(-1).view(torch.int32)
 
 
-def magnitude_buckets(delta: torch.Tensor) -> torch.Tensor:
+def magnitude_buckets(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """High 16 bits of the keys of |delta| (int16, flat), computed without the full keys:
     the high half of each little-endian float32 with its sign bit cleared. Same values
-    as ``magnitude_keys(delta) >> 16`` at half the memory traffic."""
+    as ``magnitude_keys(delta) >> 16`` at half the memory traffic. ``out``: an int16
+    buffer of ``delta.numel()`` entries to write them into."""
     if delta.dtype != torch.float32:
         raise TypeError(f"magnitude_buckets expects float32, got {delta.dtype}")
-    return delta.reshape(-1).view(torch.int16)[1::2] & 0x7FFF
+    return torch.bitwise_and(delta.reshape(-1).view(torch.int16)[1::2], 0x7FFF, out=out)
 
 
 def bucket_histogram(buckets: torch.Tensor) -> torch.Tensor:
@@ -199,12 +202,25 @@ def threshold_mask(keys: torch.Tensor, budget: TieBudget) -> torch.Tensor:
     return mask
 
 
-def split_at_bucket(buckets: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split entries by their high bucket (`magnitude_buckets`): ``(sure, pending)``, where
-    ``sure`` masks the entries above ``bucket`` (kept whatever the exact threshold) and
-    ``pending`` holds the flat positions (ascending) of those inside it (decided later by
-    `choose_pending`)."""
-    return buckets > bucket, (buckets == bucket).nonzero().squeeze(1)
+def above_bucket(buckets: torch.Tensor, bucket: int, out: torch.Tensor) -> torch.Tensor:
+    """``buckets > bucket`` as 0.0/1.0 in ``out`` (float32): the entries kept whatever the
+    exact threshold (those inside ``bucket`` are decided by `choose_pending`).
+
+    A float mask because `merge_tensor` multiplies by it: a bool mask is converted entry by
+    entry inside ``addcmul`` (3x slower), and a product by exactly 0 or 1 rounds the same
+    either way. On CPU numpy compares int16 about 10x faster than torch."""
+    if buckets.device.type == "cpu":
+        np.greater(buckets.numpy(), bucket, out=out.numpy())
+        return out
+    return torch.gt(buckets, bucket, out=out)
+
+
+def bucket_positions(buckets: torch.Tensor, bucket: int) -> torch.Tensor:
+    """Flat positions (int64, ascending) of the entries inside ``bucket``: the few set
+    aside for `choose_pending`. (numpy's nonzero is 3x faster than torch's on CPU.)"""
+    if buckets.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(buckets.numpy() == bucket))
+    return (buckets == bucket).nonzero().squeeze(1)
 
 
 def choose_pending(keys: torch.Tensor, need: int) -> torch.Tensor:
@@ -228,9 +244,14 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def merge_tensor(
-    base: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, scale: float
+    base: torch.Tensor,
+    delta: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``base + scale * (delta * mask)`` in float32 (DLER section 4.6).
+    """``base + scale * (delta * mask)`` in float32 (DLER section 4.6); ``mask`` is bool or
+    0.0/1.0 floats, ``out`` an optional float32 buffer (it may be ``base`` itself).
 
     Rounded exactly like ``base + (delta * mask) * scale``, the operation order of
     mergekit's ties with one model, so both give bit-identical float32. On CPU this is one
@@ -240,5 +261,7 @@ def merge_tensor(
     """
     base = base.float()
     if base.device.type == "cpu":
-        return torch.addcmul(base, delta, mask, value=scale)
-    return base + (delta * mask) * scale
+        return torch.addcmul(base, delta, mask, value=scale, out=out)
+    if out is None:
+        return base + (delta * mask) * scale
+    return torch.add(base, (delta * mask) * scale, out=out)

@@ -240,3 +240,23 @@ def test_unknown_dtype_from_python_is_one_line(pair, tmp_path):
     cfg.dtype = "float8"
     with pytest.raises(ShortcotError, match="unknown dtype 'float8'; use one of bfloat16"):
         merge_models(cfg)
+
+
+def test_benchmark_scripts_parse_flags_and_recipes(tmp_path):
+    """benchmarks/merge_vs_mergekit.py and its plain pass: the common CLI convention."""
+    import yaml
+
+    from artifacts.cli import to_yaml_values
+    from benchmarks import _plain_pass, merge_vs_mergekit
+
+    (args,) = merge_vs_mergekit.parse_args(["--runs", "5", "--skip-mergekit"])
+    assert (args.runs, args.skip_mergekit, args.layers, args.threads) == (5, True, 14, None)
+    (plain,) = _plain_pass.parse_args(["--base", "b", "--tuned", "t", "--out", "o"])
+    assert (plain.base, plain.threads) == ("b", 1)
+    for script, cfg in ((merge_vs_mergekit, args), (_plain_pass, plain)):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cfg))
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(to_yaml_values(cfg)))
+        assert script.parse_args(["--config", str(recipe)]) == (cfg,)
+    with pytest.raises(ShortcotError, match="unrecognized"):
+        merge_vs_mergekit.parse_args(["--best_of", "3"])

@@ -110,6 +110,39 @@ def test_merge_tensor_golden():
     torch.testing.assert_close(out, torch.tensor([1.35, 1.0, -1.3]), rtol=0, atol=1e-7)
 
 
+def test_bucket_split_kernels_equal_plain_torch():
+    """The fast kernels of the write pass give what the plain expressions give."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(10_000, generator=g) * 1e-3
+    d[::7] = 0.0
+    d[1::2] = -d[::2]  # equal magnitudes of both signs
+    out = torch.empty(d.numel(), dtype=torch.int16)
+    buckets = select.magnitude_buckets(d, out=out)
+    assert buckets is out and torch.equal(out, select.magnitude_keys(d) >> 16)
+    bucket = int(torch.median(buckets))
+    mask = torch.full((d.numel(),), 7.0)
+    select.above_bucket(buckets, bucket, out=mask)
+    assert torch.equal(mask, (buckets > bucket).float())
+    assert torch.equal(
+        select.bucket_positions(buckets, bucket), (buckets == bucket).nonzero()[:, 0]
+    )
+    assert select.bucket_positions(buckets, 0x7FFF).numel() == 0
+
+
+def test_merge_tensor_float_mask_in_place_is_bit_identical():
+    # a product by exactly 0.0 or 1.0 rounds like the bool mask, -0.0 and all
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(4096, generator=g).bfloat16().float()
+    base[:8] = -0.0
+    delta = torch.randn(4096, generator=g) * 1e-3
+    delta[:4] = torch.tensor([1e-3, -1e-3, 0.0, -0.0])
+    mask = torch.rand(4096, generator=g) > 0.5
+    want = select.merge_tensor(base, delta, mask, 0.7)
+    got = base.clone()
+    select.merge_tensor(got, delta, mask.float(), 0.7, out=got)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_topk_mask_equals_stable_sort_reference(seed):
     g = torch.Generator().manual_seed(seed)
