@@ -3,8 +3,9 @@
     testbed -> rl (DLER) -> merge (back into the base) -> distill data -> distill sft
             -> evaluate base, DLER, merged, distilled -> compare (table + Pareto plot)
 
-`plan(cfg)` is pure: it only decides the command lines, so it is tested without running
-anything and ``python -m pipeline run --dry-run`` prints it.
+`plan(cfg)` is pure: it only decides each stage's command and settings (written to
+``WORKDIR/.stages/<stage>.yaml`` when the stage runs), so it is tested without running
+anything and ``python -m pipeline run --dry_run`` prints it.
 """
 
 from __future__ import annotations
