@@ -14,24 +14,18 @@ from pathlib import Path
 
 import pytest
 from faults_support import (  # noqa: F401  (fixtures are used by name)
-    KILL_AT,
-    ROOT,
-    Mounts,
     _eval_args,
     _no_progress_bars,
     _records,
     assets,
-    child_env,
     eval_ref,
     mounts,
     one_error,
-    read_only_dir,
     run_child,
     run_main,
     same_weights,
     siblings,
     snapshot,
-    state,
 )
 from test_faults import _command
 
