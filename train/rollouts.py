@@ -10,7 +10,7 @@ drop rows, so `generate_evicting` replaces only its decoding loop: it calls
 everything else (generation config, logits processors and warpers, stopping criteria, KV
 cache, attention mask and position ids) exactly as for its own ``_sample``. Every
 ``evict_every`` steps the rows that have finished leave the KV cache
-(``Cache.batch_select_indices``, as `evals.backends.HFBackend` does between its chunks).
+(``Cache.batch_select_indices``, as `evals.hf_backend.HFBackend` does between its chunks).
 
 Why the samples stay identical: ``torch.multinomial(probs, 1)`` (what ``_sample`` calls) is
 implemented in ATen (``Distributions.cpp``'s one-sample fast path, which CPU and CUDA share) as
@@ -44,7 +44,7 @@ import functools
 import torch
 
 # Steps between evictions: each one copies the whole KV cache, so not every step; a finished
-# row wastes at most this many forwards. The value of `evals.backends.EVICT_EVERY`.
+# row wastes at most this many forwards. The value of `evals.hf_backend.EVICT_EVERY`.
 EVICT_EVERY = 16
 
 # Logits processors and warpers that transform each row from that row's ids and scores alone,
