@@ -121,3 +121,33 @@ def test_rerun_skips_and_changed_merge_reruns_only_downstream(run, capsys):
         if line.startswith("[pipeline]") and "done in" in line
     }
     assert ran == {"merge", "eval_merged", "compare"}
+
+
+def test_speed_settings_change_no_number(run):
+    """Issue 15: the speed work changes no result. The same run with rollout rows evicted
+    after every token (instead of every 16) and a one-thread merge (instead of the cores
+    available) gives the same models, samples and table."""
+    root, args = run
+    assert main(["run", *args]) == 0  # the fixture's settings again (another test changed one)
+    fast = root / "run"
+    slow = root / "run_speed"
+    changed = list(args)
+    changed[changed.index("--workdir") + 1] = str(slow)
+    for key in ("--rl_args", "--rl2_args"):
+        i = changed.index(key) + 1
+        changed[i] = changed[i].rstrip("}") + ", rollout_evict_every: 1}"
+    changed += ["--merge_args", "{threads: 1}"]
+    assert main(["run", *changed]) == 0
+    for model in ("dler_stage1", "dler", "merged", "distilled"):
+        a, b = _state(fast / "models" / model), _state(slow / "models" / model)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), model
+    for name in ("base", "dler", "merged", "distilled"):
+        drop = ("gen_seconds",)
+        a = [
+            {k: v for k, v in r.items() if k not in drop}
+            for r in read_jsonl(fast / "eval" / name / "samples.jsonl")
+        ]
+        b = [{k: v for k, v in r.items() if k not in drop}
+             for r in read_jsonl(slow / "eval" / name / "samples.jsonl")]  # fmt: skip
+        assert a == b, name
+    assert (fast / "report" / "table.md").read_text() == (slow / "report" / "table.md").read_text()
