@@ -24,7 +24,7 @@ from artifacts.outdir import atomic_write_text
 from pipeline.config import PipelineConfig
 from pipeline.plan import cfg_report_dir, plan, state_dir
 from pipeline.publish import publish
-from pipeline.stages import decide, run_stage
+from pipeline.stages import decide, run_all
 
 COMMANDS = ("run", "publish")
 
@@ -89,11 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{'':25s}{key}: {value}")
         return 0
     start = time.time()
-    times = {}
-    for s in stages:
-        t = time.time()
-        status = run_stage(s, state_dir(cfg), Path(cfg.workdir) / "logs")
-        times[s.name] = (status, time.time() - t)
+    jobs = cfg.resolved_jobs()
+    if jobs > 1:
+        print(
+            f"[pipeline] up to {jobs} stages at once; each stage's output is in "
+            f"{Path(cfg.workdir) / 'logs'}",
+            flush=True,
+        )
+    times = run_all(stages, state_dir(cfg), Path(cfg.workdir) / "logs", jobs)
     report = cfg_report_dir(cfg)
     table = (report / "table.md").read_text()
     lines = [
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| stage | status | seconds |",
         "|---|---|---|",
     ]
-    lines += [f"| {n} | {st} | {sec:.0f} |" for n, (st, sec) in times.items()]
+    lines += [f"| {s.name} | {times[s.name][0]} | {times[s.name][1]:.0f} |" for s in stages]
     lines += ["", f"Total wall time of this invocation: {time.time() - start:.0f} s."]
     atomic_write_text(report / "report.md", "\n".join(lines) + "\n")
     print("\n" + table)

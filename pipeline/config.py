@@ -80,3 +80,23 @@ class PipelineConfig:
         "badly when other jobs share the cores (RL steps of 27-58 s with 2 threads beside two "
         "other jobs on 2 cores, 1.7 s with one), and a thread count changes float results",
     )
+    jobs: int = arg(
+        0,
+        "stages run at once, each as soon as the stages it reads from have finished; 0 = the "
+        "cores available divided by threads (1 when threads is 0, e.g. on GPUs). Results do "
+        "not depend on it: every stage is its own process on its own thread count",
+    )
+
+    def resolved_jobs(self) -> int:
+        """How many stages run at once (``jobs``, or what 0 means on this machine)."""
+        import os
+
+        if self.jobs < 0:
+            from artifacts.errors import ShortcotError
+
+            raise ShortcotError(f"jobs must be 0 (automatic) or positive, got {self.jobs}")
+        if self.jobs:
+            return self.jobs
+        if self.threads <= 0:
+            return 1
+        return max(1, len(os.sched_getaffinity(0)) // self.threads)

@@ -105,6 +105,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
 
     stages: list[Stage] = []
+    tb = () if cfg.base_model else ("testbed",)  # the testbed stage makes the base and data
     if not cfg.base_model:
         # testbed.build has its own cache (same settings -> returns at once), so it is never
         # forced: a testbed built by hand or by another run is reused, not rebuilt.
@@ -118,7 +119,9 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             )
         )
 
-    def rl_stage(name: str, recipe: str, changes: dict, start: str, out: str, upstream=None):
+    def rl_stage(
+        name: str, recipe: str, changes: dict, start: str, out: str, upstream=None, needs=()
+    ):
         """A train.rl stage from the model ``start`` into ``out``."""
         f = TRAIN_RL
         settings = stage_settings(
@@ -134,6 +137,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             settings=upstream or {},
             launcher=shlex.split(cfg.train_launcher),
             work=_work_dir(settings, out),
+            needs=(*tb, *needs),
         )
 
     # DLER; with rl2_config a second, ThinkPrune-style stage continues from the first
@@ -149,6 +153,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 rl_out,
                 p.model("dler"),
                 upstream={"model": stages[-1].key()},
+                needs=("rl",),
             )
         )
     merge_settings = {
@@ -167,12 +172,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             merge_settings,
             Path(p.model("merged")),
             settings={"tuned": stages[-1].key()},
+            needs=(*tb, stages[-1].name),
         )
     )
     teacher = {"base": p.base_model, "dler": p.model("dler")}.get(
         cfg.distill_teacher, cfg.distill_teacher
     )
     rl_key = stages[-2].key()  # the DLER model's stage (before merge)
+    rl_name = stages[-2].name
     f = DISTILL_BUILD
     stages.append(
         stage(
@@ -190,6 +197,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             ),
             p.distill_data,
             settings={"teacher": rl_key if cfg.distill_teacher == "dler" else teacher},
+            needs=(*tb, *([rl_name] if cfg.distill_teacher == "dler" else [])),
         )
     )
     f = DISTILL_SFT
@@ -209,6 +217,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             sft_settings,
             Path(p.model("distilled")),
             settings={"data": stages[-1].key()},
+            needs=(*tb, "distill_data"),
             launcher=shlex.split(cfg.train_launcher),
             work=_work_dir(sft_settings, p.model("distilled")),
         )
@@ -240,6 +249,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                 p.eval_dir(name),
                 settings={"model": upstream.key() if upstream else p.model(name)},
                 resumes_in_place=True,
+                needs=tuple(dict.fromkeys((*tb, *([upstream.name] if upstream else [])))),
             )
         )
     stages.append(
@@ -254,6 +264,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             },
             cfg_report_dir(cfg) / "table.md",
             settings={"evals": [s.key() for s in stages if s.name.startswith("eval_")]},
+            needs=tuple(f"eval_{n}" for n in MODELS),
         )
     )
     return stages

@@ -57,6 +57,7 @@ class Stage:
               ``-m module args``. Part of the settings: more processes can change the result.
     work:     the folder where the CLI keeps checkpoints (training stages); with checkpoints
               of the same settings there, the CLI is given ``resume_flag``.
+    needs:    the stages whose outputs this one reads (they finish before it starts).
     env:      environment variables the CLI runs with (e.g. ``OMP_NUM_THREADS``); part of
               the settings when set, since a thread count changes a float reduction's order.
     config:   the CLI's settings (its config fields): written as YAML to ``config_file``
@@ -75,6 +76,7 @@ class Stage:
     resume_flag: str = "--resume"
     env: dict[str, str] = field(default_factory=dict)
     config: dict | None = None
+    needs: tuple[str, ...] = ()
 
     @property
     def config_file(self) -> Path | None:
@@ -190,11 +192,14 @@ def _write_record(stage: Stage, state_dir: Path, cmd: list[str], seconds: float)
     (state_dir / f"{stage.name}.started.json").unlink(missing_ok=True)
 
 
-def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = None) -> str:
+def run_stage(
+    stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = None, stream: bool = True
+) -> str:
     """Run ``stage`` unless it is current; returns "cached" or "ran".
 
-    The CLI's output streams to the terminal (its progress bars included) and to
-    ``<log_dir>/<name>.log``. A failing stage raises `ShortcotError` naming the log.
+    The CLI's output goes to ``<log_dir>/<name>.log`` and, with ``stream``, to the terminal
+    too (its progress bars included; off while several stages run at once, whose lines
+    would interleave). A failing stage raises `ShortcotError` naming the log.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,8 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
         )
         assert proc.stdout is not None
         for line in proc.stdout:
-            sys.stdout.write(line)
+            if stream:
+                sys.stdout.write(line)
             log.write(line)
         code = proc.wait()
     if code != 0:
@@ -243,3 +249,46 @@ def run_stage(stage: Stage, state_dir: Path, log_dir: Path, env: dict | None = N
     _write_record(stage, state_dir, cmd, seconds)
     print(f"[pipeline] {stage.name}: done in {seconds:.0f} s", flush=True)
     return "ran"
+
+
+def run_all(stages: list[Stage], state_dir: Path, log_dir: Path, jobs: int = 1) -> dict:
+    """Run ``stages`` (in dependency order), up to ``jobs`` at once: a stage starts as soon
+    as every stage it `needs` has finished. Returns ``{name: (status, seconds)}``.
+
+    Running stages side by side changes no result: each stage is its own process with its
+    own settings and inputs, and the pipeline pins each to its thread count. After a failure
+    no new stage starts; the running ones finish (their outputs are kept) and the first
+    error is raised.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    names = {s.name for s in stages}
+    pending = list(stages)
+    done: set[str] = set()
+    times: dict[str, tuple[str, float]] = {}
+    running: dict = {}
+    failure: ShortcotError | None = None
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for s in list(pending):
+                if failure is not None or len(running) >= max(1, jobs):
+                    break
+                if all(n in done or n not in names for n in s.needs):
+                    pending.remove(s)
+                    future = pool.submit(run_stage, s, state_dir, log_dir, None, jobs <= 1)
+                    running[future] = (s, time.time())
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                s, start = running.pop(future)
+                try:
+                    times[s.name] = (future.result(), time.time() - start)
+                    done.add(s.name)
+                except ShortcotError as err:
+                    failure = failure or err
+    if failure is not None:
+        raise failure
+    if pending:  # only with a `needs` cycle, which plan() never makes
+        raise ShortcotError(f"stages {[s.name for s in pending]} wait on each other")
+    return times

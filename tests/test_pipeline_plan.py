@@ -213,3 +213,18 @@ def test_every_stage_parses_the_settings_the_pipeline_writes(recipe, tmp_path):
         if stage.module in ("train.rl", "distill.sft") and not torch.cuda.is_available():
             argv.append("--use_cpu")  # GPU recipes set bf16, checked against the machine
         importlib.import_module(stage.module).parse_args(argv)
+
+
+def test_stages_need_exactly_what_they_read():
+    """What may run side by side: the distillation branch and the base model's evaluation do
+    not wait for RL; everything downstream of a model waits for the stage that makes it."""
+    needs = {s.name: set(s.needs) for s in plan(PipelineConfig())}
+    assert needs["rl"] == {"testbed"} and needs["rl2"] == {"testbed", "rl"}
+    assert needs["merge"] == {"testbed", "rl2"}
+    assert needs["distill_data"] == {"testbed"} and needs["eval_base"] == {"testbed"}
+    assert needs["eval_merged"] == {"testbed", "merge"}
+    assert needs["compare"] == {f"eval_{m}" for m in ("base", "dler", "merged", "distilled")}
+    dler_teacher = {s.name: set(s.needs) for s in plan(PipelineConfig(distill_teacher="dler"))}
+    assert dler_teacher["distill_data"] == {"testbed", "rl2"}
+    assert PipelineConfig(threads=0).resolved_jobs() == 1  # GPU stages: one at a time
+    assert PipelineConfig(jobs=3).resolved_jobs() == 3
