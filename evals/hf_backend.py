@@ -63,7 +63,7 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in names else "past_key_values"
 
 
-def _can_evict(cache) -> bool:
+def cache_can_drop_rows(cache) -> bool:
     """Whether rows can be dropped from this KV cache (dynamic caches: yes; static and
     linear-attention layers of transformers 5 do not implement ``batch_select_indices``)."""
     layers = getattr(cache, "layers", None)
@@ -221,7 +221,7 @@ class HFBackend(Backend):
             cache = getattr(out, cache_kw)
             if len(keep) == len(alive):
                 continue
-            if not _can_evict(cache):
+            if not cache_can_drop_rows(cache):
                 # Static or linear-attention caches cannot drop rows: finish in one call (the
                 # finished rows run on; what they produce after their end is ignored).
                 chunk = left

@@ -169,7 +169,7 @@ def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
     monkeypatch.setattr(backend, "batch_size", len(reqs))
     widths = []
     real_generate = backend.model.generate
-    real_can_evict = backends._can_evict
+    real_can_evict = backends.cache_can_drop_rows
 
     def spy(*args, **kwargs):
         widths.append(kwargs["input_ids"].shape[0])
@@ -191,13 +191,13 @@ def test_evicting_finished_rows_changes_no_token(backend, monkeypatch):
         assert lengths[0] < lengths[-1]  # rows did end at different steps
         assert widths[0] == len(reqs) and min(widths) < len(reqs)  # and rows were evicted
         # a cache that cannot drop rows (static, linear attention): the same tokens, no eviction
-        monkeypatch.setattr(backends, "_can_evict", lambda cache: False)
+        monkeypatch.setattr(backends, "cache_can_drop_rows", lambda cache: False)
         widths.clear()
         kept = backend.generate_requests(reqs, params, progress=False)
         assert [c.token_ids for c in kept] == [c.token_ids for c in whole]
         assert [c.finished for c in kept] == [c.finished for c in whole]
         assert set(widths) == {len(reqs)}
-        monkeypatch.setattr(backends, "_can_evict", real_can_evict)
+        monkeypatch.setattr(backends, "cache_can_drop_rows", real_can_evict)
 
 
 def test_current_cache_api_no_deprecation(backend, monkeypatch):

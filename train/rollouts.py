@@ -43,9 +43,9 @@ import functools
 
 import torch
 
-# Steps between evictions: each one copies the whole KV cache, so not every step; a finished
-# row wastes at most this many forwards. The value of `evals.hf_backend.EVICT_EVERY`.
-EVICT_EVERY = 16
+# EVICT_EVERY, steps between evictions: each copies the whole KV cache, so not every step; a
+# finished row wastes at most this many forwards. The evaluation backend's value.
+from evals.hf_backend import EVICT_EVERY
 
 # Logits processors and warpers that transform each row from that row's ids and scores alone,
 # with no state across rows: applying them to the rows still in the batch gives those rows'
@@ -186,12 +186,11 @@ def _rng_states(device: torch.device) -> list[torch.Tensor]:
 
 
 def _can_drop_rows(cache) -> bool:
-    """Whether this KV cache can drop rows (dynamic layers can; static and linear-attention
-    layers do not implement ``batch_select_indices``). No cache: nothing to drop."""
-    if cache is None:
-        return True
-    layers = getattr(cache, "layers", None)
-    return layers is not None and all(hasattr(layer, "batch_select_indices") for layer in layers)
+    """Whether this KV cache can drop rows (`evals.hf_backend.cache_can_drop_rows`, the
+    evaluation backend's check). No cache: nothing to drop."""
+    from evals.hf_backend import cache_can_drop_rows
+
+    return cache is None or cache_can_drop_rows(cache)
 
 
 def _evicting_sample(
