@@ -114,12 +114,18 @@ class HubArguments:
     hub_private_repo: bool = arg(False, "create the Hub repo as private")
 
     def hub_repo(self) -> str | None:
-        """The repo to upload to, or None; ``--push_to_hub`` without a repo is bad input."""
-        if not self.push_to_hub:
-            return None
-        if not self.hub_model_id:
-            raise ShortcotError("--push_to_hub needs --hub_model_id user/name; add it")
-        return self.hub_model_id
+        """The repo to upload to, or None (`hub_repo`)."""
+        return hub_repo(self.push_to_hub, self.hub_model_id)
+
+
+def hub_repo(push_to_hub: bool, hub_model_id: str | None) -> str | None:
+    """The repo to upload to, or None; ``--push_to_hub`` without a repo is bad input. Shared
+    by `HubArguments` and the trainers' configs (TrainingArguments hold the same fields)."""
+    if not push_to_hub:
+        return None
+    if not hub_model_id:
+        raise ShortcotError("--push_to_hub needs --hub_model_id user/name; add it")
+    return hub_model_id
 
 
 def _parser_class():

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from artifacts.cards import hub_id, public_ref, write_model_card
+from artifacts.cli import hub_repo
 from artifacts.cli import parse_args as parse_cli
 from artifacts.errors import ShortcotError, run_cli
 from artifacts.outdir import atomic_output_dir, check_output, check_writable
@@ -177,8 +178,7 @@ def _check(args: DistillArguments, config: DistillSFTConfig, model_args: Student
             "resume_from_checkpoint is not used by distill.sft; pass --resume to continue from "
             "the last checkpoint in the work folder"
         )
-    if config.push_to_hub and not config.hub_model_id:
-        raise ShortcotError("--push_to_hub needs --hub_model_id user/name; add it")
+    hub_repo(config.push_to_hub, config.hub_model_id)  # without a repo: bad input
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ShortcotError("distill.sft does not load quantized students; drop load_in_4bit/8bit")
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from transformers.trainer_utils import SchedulerType
 from trl import GRPOConfig, ModelConfig
 
-from artifacts.cli import arg
+from artifacts.cli import arg, hub_repo
 from artifacts.errors import ShortcotError
 from evals.grading import PROMPT_OPENS_THINK
 from evals.prompts import DEFAULT_PROMPT_TEMPLATE
@@ -243,8 +243,7 @@ class RLConfig(GRPOConfig, LaserDArguments, RewardConfig, ProblemArguments):
                 f"{self.steps_per_generation or self.gradient_accumulation_steps} steps per "
                 "generation); make per_device_train_batch_size a multiple of num_generations"
             )
-        if self.push_to_hub and not self.hub_model_id:
-            raise ShortcotError("--push_to_hub needs --hub_model_id user/name; add it")
+        self.hub_repo()  # --push_to_hub without a repo is bad input
 
     def completions_per_generation(self) -> int:
         """Completions generated at once (TRL's ``generation_batch_size``): whole groups of
@@ -259,8 +258,8 @@ class RLConfig(GRPOConfig, LaserDArguments, RewardConfig, ProblemArguments):
         return self.work_dir or f"{str(self.output_dir).rstrip('/')}.work"
 
     def hub_repo(self) -> str | None:
-        """The Hub repo to upload the final model to, or None."""
-        return self.hub_model_id if self.push_to_hub else None
+        """The Hub repo to upload the final model to, or None (`artifacts.cli.hub_repo`)."""
+        return hub_repo(self.push_to_hub, self.hub_model_id)
 
     def validate(self, model_args: ModelArguments) -> None:
         """The settings a run needs that a recipe may leave empty (checked before any work)."""
