@@ -21,6 +21,17 @@ from pipeline.stages import Stage
 
 # The four models the pipeline compares, in table order (the first is the baseline).
 MODELS = ("base", "dler", "merged", "distilled")
+# Every stage a run can have, in plan order.
+STAGE_NAMES = (
+    "testbed",
+    "rl",
+    "rl2",
+    "merge",
+    "distill_data",
+    "distill_sft",
+    *(f"eval_{m}" for m in MODELS),
+    "compare",
+)
 
 
 @dataclass
@@ -88,19 +99,20 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     p = resolve_paths(cfg)
     if cfg.threads < 0:
         raise ShortcotError(f"threads must be 0 (torch's default) or positive, got {cfg.threads}")
-    env = {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
+    threads = stage_threads(cfg)
     state = state_dir(cfg)
 
     def stage(name: str, module: str, config: dict, output: Path, **kwargs) -> Stage:
         """A stage run as ``python -m module --config <state>/<name>.yaml`` holding
-        ``config``, with the run's environment."""
+        ``config``, on its thread count (OMP_NUM_THREADS)."""
+        n = threads.get(name, cfg.threads)
         return Stage(
             name,
             module,
             ["--config", str(state / f"{name}.yaml")],
             output,
             config=config,
-            env=env,
+            env={"OMP_NUM_THREADS": str(n)} if n else {},
             **kwargs,
         )
 
@@ -113,7 +125,12 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             stage(
                 "testbed",
                 "testbed.build",
-                {"out": cfg.testbed_out, "preset": cfg.testbed_preset},
+                {
+                    "out": cfg.testbed_out,
+                    "preset": cfg.testbed_preset,
+                    # testbed.build sets its own thread count (default 1) over OMP_NUM_THREADS
+                    **({"threads": n} if (n := threads.get("testbed", cfg.threads)) else {}),
+                },
                 Path(cfg.testbed_out),
                 force_flag=None,
             )
@@ -268,6 +285,30 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         )
     )
     return stages
+
+
+def stage_threads(cfg: PipelineConfig) -> dict[str, int]:
+    """``cfg.stage_threads``, checked: stage name -> a positive thread count. A stage this
+    run does not have (the testbed with ``base_model`` set, rl2 without ``rl2_config``) is
+    ignored; a name that is no stage at all is an error."""
+    import difflib
+
+    out = {}
+    for name, n in dict(cfg.stage_threads or {}).items():
+        if name not in STAGE_NAMES:
+            close = difflib.get_close_matches(str(name), STAGE_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ShortcotError(
+                f"stage_threads: no stage is called {name!r}{hint}; the stages are "
+                f"{', '.join(STAGE_NAMES)}"
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ShortcotError(
+                f"stage_threads: {name}: {n!r} is not a positive number of threads, e.g. "
+                "'{testbed: 2}'"
+            )
+        out[str(name)] = n
+    return out
 
 
 def state_dir(cfg: PipelineConfig) -> Path:

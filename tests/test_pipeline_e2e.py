@@ -124,19 +124,21 @@ def test_rerun_skips_and_changed_merge_reruns_only_downstream(run, capsys):
 
 
 def test_speed_settings_change_no_number(run):
-    """Issue 15: the speed work changes no result. The same run with rollout rows evicted
-    after every token (instead of every 16) and a one-thread merge (instead of the cores
-    available) gives the same models, samples and table."""
+    """Issue 15: the speed work changes no result. The same run with the first RL stage's
+    rollout rows evicted after every token (instead of every 16), the second's rollouts by
+    TRL's own ``generate`` (no eviction, every prompt copy prefilled), rl2 on one thread
+    (the default gives it 2) and a one-thread merge (instead of the cores available) gives
+    the same models, samples and table."""
     root, args = run
     assert main(["run", *args]) == 0  # the fixture's settings again (another test changed one)
     fast = root / "run"
     slow = root / "run_speed"
     changed = list(args)
     changed[changed.index("--workdir") + 1] = str(slow)
-    for key in ("--rl_args", "--rl2_args"):
+    for key, evict in (("--rl_args", 1), ("--rl2_args", 0)):
         i = changed.index(key) + 1
-        changed[i] = changed[i].rstrip("}") + ", rollout_evict_every: 1}"
-    changed += ["--merge_args", "{threads: 1}"]
+        changed[i] = changed[i].rstrip("}") + f", rollout_evict_every: {evict}}}"
+    changed += ["--merge_args", "{threads: 1}", "--stage_threads", "{rl2: 1}"]
     assert main(["run", *changed]) == 0
     for model in ("dler_stage1", "dler", "merged", "distilled"):
         a, b = _state(fast / "models" / model), _state(slow / "models" / model)

@@ -11,7 +11,7 @@ import pytest
 from artifacts.cli import parse_args
 from artifacts.errors import ShortcotError
 from pipeline.config import PipelineConfig
-from pipeline.plan import EVALS_RUN, TRAIN_RL, plan
+from pipeline.plan import EVALS_RUN, STAGE_NAMES, TRAIN_RL, plan
 from pipeline.publish import publish
 
 
@@ -156,13 +156,43 @@ def test_publish_dataset_goes_to_a_dataset_repo_without_cache_files(tmp_path):
 def test_threads_set_every_stage_environment_and_key():
     """threads=1 runs every stage with OMP_NUM_THREADS=1, and is part of each stage's key
     (a thread count changes float results); threads=0 leaves the environment alone."""
-    plain = plan(PipelineConfig(threads=0))
-    pinned = plan(PipelineConfig())  # the testbed default: one thread
+    plain = plan(PipelineConfig(threads=0, stage_threads={}))
+    pinned = plan(PipelineConfig(stage_threads={}))  # the testbed default: one thread
     assert all(s.env == {} for s in plain)
     assert all(s.env == {"OMP_NUM_THREADS": "1"} for s in pinned)
     assert all(a.key() != b.key() for a, b in zip(plain, pinned))
     with pytest.raises(ShortcotError, match="threads"):
         plan(PipelineConfig(threads=-1))
+
+
+def test_stage_threads_override_threads_per_stage():
+    """The testbed build runs by itself (every stage needs it), on 2 threads by default (the
+    same weights as 1: tests/test_testbed.py), given to its own ``threads`` setting, which
+    testbed.build applies over OMP_NUM_THREADS; so does rl2 (it starts after the side
+    branch has ended); other stages keep ``threads``. A thread
+    count is part of the stage's key; a stage this run lacks is ignored, a misspelt one
+    is an error."""
+    stages = _by_name(plan(PipelineConfig()))
+    assert list(stages) == list(STAGE_NAMES)
+    assert [n for n, s in stages.items() if not s.needs] == ["testbed"]  # all wait for it
+    assert stages["testbed"].config["threads"] == 2
+    assert stages["testbed"].env == {"OMP_NUM_THREADS": "2"}
+    assert stages["rl2"].env == {"OMP_NUM_THREADS": "2"}
+    others = [s for n, s in stages.items() if n not in ("testbed", "rl2")]
+    assert all(s.env == {"OMP_NUM_THREADS": "1"} for s in others)
+    more = _by_name(plan(PipelineConfig(stage_threads={"testbed": 3})))
+    assert more["testbed"].config["threads"] == 3 and more["rl2"].env["OMP_NUM_THREADS"] == "1"
+    assert more["testbed"].key() != stages["testbed"].key()
+    assert more["rl2"].key() != stages["rl2"].key() and more["rl"].key() == stages["rl"].key()
+    one = _by_name(plan(PipelineConfig(stage_threads={})))
+    assert one["testbed"].config["threads"] == 1
+    assert "rl2" not in _by_name(plan(PipelineConfig(rl2_config="", stage_threads={"rl2": 2})))
+    gpu = _by_name(plan(_load("configs/pipeline/r1_1.5b_gpu.yaml")))
+    assert "testbed" not in gpu and all(s.env == {} for s in gpu.values())
+    with pytest.raises(ShortcotError, match="did you mean eval_merged"):
+        plan(PipelineConfig(stage_threads={"eval_merge": 2}))
+    with pytest.raises(ShortcotError, match="not a positive number"):
+        plan(PipelineConfig(stage_threads={"rl": 0}))
 
 
 def test_one_rl_stage_without_rl2_config():

@@ -549,3 +549,41 @@ def test_smollm2_fetch_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
     (foreign / "x").write_text("mine")
     with pytest.raises(ShortcotError, match="not a finished SmolLM2 conversion"):
         fetch.fetch_smollm2(foreign)
+
+
+def test_two_threads_train_the_default_testbed_bit_for_bit_as_one():
+    """The pipeline builds the testbed on 2 threads (``testbed_threads``) because on this
+    machine that gives the same weights as 1: at the default testbed's sizes, MKL's matmuls
+    split rows and columns between threads, not the sum, and every reduction is too small
+    to be split. Checked here on the default model and batches for a few SFT steps (the full
+    400-step build was compared once: identical); if a machine's BLAS splits differently,
+    this fails, and ``--testbed_threads 1`` is the setting there."""
+    cfg = tb.make_config("default", steps=3)
+    data = tb.make_data(cfg)
+    completions = tb.teacher_completions(data["train"], cfg)
+    tokenizer = tb.build_tokenizer(cfg, data["train"], completions)
+    examples = tb.tokenize_examples(tokenizer, data["train"], completions, cfg.max_len)
+    from testbed.model import init_model, tiny_llama_config
+
+    model_cfg = tiny_llama_config(
+        tokenizer,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_len,
+    )
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model = init_model(model_cfg, seed=cfg.seed)
+            sft.train_sft(model, examples, cfg, tokenizer.pad_token_id, None, progress=False)
+            weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0].keys() == weights[1].keys()
+    changed = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert not changed, f"2 threads trained other weights than 1: {changed[:3]}"
+    init = init_model(model_cfg, seed=cfg.seed).state_dict()
+    assert any(not torch.equal(weights[0][k], init[k]) for k in init)  # it did train

@@ -46,7 +46,8 @@ def evictions(monkeypatch):
     original = DynamicCache.batch_select_indices
 
     def counting(self, indices):
-        dropped.append(self.layers[0].keys.shape[0] - len(indices))
+        if len(indices) < self.layers[0].keys.shape[0]:  # not the prefill's copies to rows
+            dropped.append(self.layers[0].keys.shape[0] - len(indices))
         return original(self, indices)
 
     monkeypatch.setattr(DynamicCache, "batch_select_indices", counting)
@@ -177,6 +178,68 @@ def test_unsupported_settings_run_the_stock_generate(model, evictions, extra):
     assert not evictions
 
 
+def grpo_batch(prompts: int, copies: int, seed: int = 0):
+    """As TRL builds a rollout batch: each prompt repeated ``copies`` times in a row."""
+    ids, mask = left_padded([2 + (3 * i) % 7 for i in range(prompts)], pad=2, seed=seed)
+    return ids.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
+
+
+def prefill_rows(model, monkeypatch) -> list[int]:
+    """The batch size of every forward that starts from an empty cache (a prefill)."""
+    sizes = []
+    forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        cache = (
+            kwargs.get("cache")
+            if kwargs.get("cache") is not None
+            else kwargs.get("past_key_values")
+        )
+        if cache is None or cache.get_seq_length() == 0:
+            sizes.append(kwargs["input_ids"].shape[0])
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("prompts,copies", [(3, 4), (1, 8), (5, 2)])
+def test_repeated_prompts_are_prefilled_once_with_the_same_samples(
+    model, evictions, monkeypatch, seed, prompts, copies
+):
+    """GRPO's batch holds each prompt ``num_generations`` times: the prompt's forward runs
+    once per distinct prompt, and every token and the generator's state are generate's."""
+    ids, mask = grpo_batch(prompts, copies, seed)
+    cfg = sampling(temperature=0.9, top_p=0.95, top_k=0)
+    torch.manual_seed(seed)
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    state = rng_state(ids.device)
+    sizes = prefill_rows(model, monkeypatch)
+    torch.manual_seed(seed)
+    got = generate_evicting(model, ids, mask, cfg, evict_every=2)
+    assert_same(expected, got, state, rng_state(ids.device))
+    assert sizes == [prompts]
+    assert sum(evictions) > 0
+
+
+def test_prefill_of_a_forward_that_draws_random_numbers_is_redone_in_full(model_dir, monkeypatch):
+    """With dropout in training mode the draws depend on the batch shape: the deduplicated
+    prefill is undone (generator and cache) and computed for every row, as generate does."""
+    m = AutoModelForCausalLM.from_pretrained(model_dir, attention_dropout=0.3).train()
+    ids, mask = grpo_batch(2, 3)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        expected = m.generate(input_ids=ids, attention_mask=mask, generation_config=sampling())
+        state = torch.get_rng_state()
+        sizes = prefill_rows(m, monkeypatch)
+        torch.manual_seed(seed)
+        got = generate_evicting(m, ids, mask, sampling(), evict_every=1)
+        assert_same(expected, got, state, torch.get_rng_state())
+        assert sizes == [2, 6]  # tried once per prompt, then redone for all rows
+        monkeypatch.undo()
+
+
 def test_a_forward_that_draws_random_numbers_keeps_every_row(model_dir, evictions):
     """Dropout in training mode draws per batch row: evicting would change the draws."""
     m = AutoModelForCausalLM.from_pretrained(model_dir, attention_dropout=0.3).train()
@@ -235,7 +298,9 @@ def _length_reward(completions, **kwargs):
     return [float(len(c)) for c in completions]
 
 
-def _train_two_steps(model_dir, workdir, evict_every: int) -> dict[str, torch.Tensor]:
+def _train_two_steps(
+    model_dir, workdir, evict_every: int, prompts: int = 2, generations: int = 4, length: int = 32
+) -> dict[str, torch.Tensor]:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig
@@ -247,9 +312,9 @@ def _train_two_steps(model_dir, workdir, evict_every: int) -> dict[str, torch.Te
     model.generation_config.eos_token_id = EOS  # rows finish at different times
     args = GRPOConfig(
         output_dir=str(workdir),
-        num_generations=4,
-        per_device_train_batch_size=8,
-        max_completion_length=32,
+        num_generations=generations,
+        per_device_train_batch_size=prompts * generations,
+        max_completion_length=length,
         max_steps=2,
         learning_rate=1e-3,
         temperature=0.9,
@@ -260,7 +325,7 @@ def _train_two_steps(model_dir, workdir, evict_every: int) -> dict[str, torch.Te
         seed=0,
         disable_tqdm=True,
     )
-    rows = [{"prompt": f"What is {i} + 7?"} for i in range(8)]
+    rows = [{"prompt": f"What is {i} + 7?"} for i in range(max(8, 2 * prompts))]
     trainer = ShortcotGRPOTrainer(
         model=model,
         reward_funcs=[_length_reward],
@@ -284,6 +349,29 @@ def test_grpo_training_is_bit_identical_with_and_without_eviction(tmp_path, mode
         assert torch.equal(off[name], on[name]), name
     before = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
     assert any(not torch.equal(before[k], on[k]) for k in before), "training changed nothing"
+
+
+def test_grpo_steps_at_the_testbed_size_are_bit_identical_on_one_and_two_threads(
+    tmp_path, tiny_tokenizer
+):
+    """The pipeline may run an RL stage on 2 threads (``stage_threads``): on this machine,
+    at the default testbed's model size (4 x 128 Llama) and RL batch (8 prompts x 8 rollouts
+    of up to 48 tokens), that trains the same weights as 1 thread (MKL splits a matmul's
+    rows and columns between threads, not its sum; the reductions are too small to be
+    split). 20 steps of the real recipe were compared once: identical. If a machine's BLAS
+    splits differently, this fails; keep stage_threads off there."""
+    from conftest import make_tiny_model_dir
+
+    model_dir = tmp_path / "model"
+    make_tiny_model_dir(model_dir, tiny_tokenizer, seed=1, hidden_size=128, num_layers=4)
+    shape = dict(prompts=8, generations=8, length=48)
+    one = _train_two_steps(model_dir, tmp_path / "one", rollouts.EVICT_EVERY, **shape)
+    torch.set_num_threads(2)  # the autouse fixture restores the count
+    two = _train_two_steps(model_dir, tmp_path / "two", rollouts.EVICT_EVERY, **shape)
+    assert one.keys() == two.keys()
+    assert [k for k in one if not torch.equal(one[k], two[k])] == []
+    before = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    assert any(not torch.equal(before[k], one[k]) for k in before), "training changed nothing"
 
 
 def test_the_stock_loop_sentinel_is_raised_before_any_work(model):

@@ -189,8 +189,9 @@ class RLConfig(GRPOConfig, LaserDArguments, RewardConfig, ProblemArguments):
     keep_checkpoints: bool = arg(False, "keep work_dir after success (default: removed)")
     rollout_evict_every: int = arg(
         16,
-        "without vLLM, finished rows leave the rollout batch every N generated tokens "
-        "(train.rollouts: the same samples as TRL's generate, token for token); 0 = TRL's own",
+        "without vLLM, finished rows leave the rollout batch every N generated tokens, and each "
+        "prompt's forward runs once for all its rollouts (train.rollouts: the same samples as "
+        "TRL's generate, token for token); 0 = TRL's own generate",
     )
     resume: bool = arg(False, "continue from the latest checkpoint in work_dir")
     force: bool = arg(False, "replace an existing output and discard old checkpoints")

@@ -11,6 +11,9 @@ everything else (generation config, logits processors and warpers, stopping crit
 cache, attention mask and position ids) exactly as for its own ``_sample``. Every
 ``evict_every`` steps the rows that have finished leave the KV cache
 (``Cache.batch_select_indices``, as `evals.hf_backend.HFBackend` does between its chunks).
+The prompt's forward (prefill) runs once per distinct prompt and is copied to the rows that
+repeat it (GRPO's batch holds each prompt ``num_generations`` times):
+`_prefill_once_per_prompt`.
 
 Why the samples stay identical: ``torch.multinomial(probs, 1)`` (what ``_sample`` calls) is
 implemented in ATen (``Distributions.cpp``'s one-sample fast path, which CPU and CUDA share) as
@@ -185,6 +188,12 @@ def _rng_states(device: torch.device) -> list[torch.Tensor]:
     return states
 
 
+def _set_rng_states(states: list[torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
 def _can_drop_rows(cache) -> bool:
     """Whether this KV cache can drop rows (`evals.hf_backend.cache_can_drop_rows`, the
     evaluation backend's check). No cache: nothing to drop."""
@@ -226,12 +235,7 @@ def _evicting_sample(
     prompt, steps = input_ids, []
 
     rng_before = _rng_states(input_ids.device)
-    outputs = model._prefill(
-        input_ids,
-        generation_config,
-        model_kwargs,
-        is_first_iteration=not generation_config.is_assistant,
-    )
+    outputs = _prefill_once_per_prompt(model, input_ids, generation_config, model_kwargs)
     # departs: rows may leave only if the forward drew no random numbers (dropout in training
     # draws per row of the batch) and the cache can drop rows
     evict = (
@@ -285,6 +289,63 @@ def _evicting_sample(
                 rows, input_ids = rows[keep], input_ids[keep]
                 unfinished_sequences = unfinished_sequences[keep]
     return torch.cat([prompt, torch.stack(steps, dim=1)], dim=-1)
+
+
+def _prefill_once_per_prompt(model, input_ids, generation_config, model_kwargs):
+    """``model._prefill`` (the prompt's forward, filling the KV cache), computed once per
+    distinct prompt row and copied to the rows that repeat it.
+
+    GRPO samples each prompt ``num_generations`` times, so a rollout batch holds every
+    prompt that many times over (TRL repeats them in the batch); the stock prefill computes
+    each copy. A row's forward does not depend on the other rows of the batch (on CPU; see
+    the module docstring), so the copies get the same keys, values and logits bit for bit
+    (tested against ``generate``). Falls back to the plain prefill when no row repeats,
+    with chunked prefill, with a cache that holds something already or cannot select
+    rows, and when the forward drew random numbers (dropout in training mode: the random
+    stream depends on the batch shape), which is undone and recomputed in full.
+    """
+    first_iteration = not generation_config.is_assistant
+    n = input_ids.shape[0]
+    cache = model_kwargs.get("cache")
+    rows = {k: v for k, v in model_kwargs.items() if k in _ROW_INPUTS and _has_rows(v, n)}
+    # a row is its prompt ids and its other per-row inputs (the padding mask, ...)
+    rows_as_lists = torch.cat([input_ids, *[v.reshape(n, -1) for v in rows.values()]], 1).tolist()
+    distinct: dict[tuple, int] = {}
+    once, copies = [], []  # the first row of each distinct prompt; each row's prompt
+    for i, row in enumerate(map(tuple, rows_as_lists)):
+        if row not in distinct:
+            distinct[row] = len(once)
+            once.append(i)
+        copies.append(distinct[row])
+    if (
+        len(once) == n
+        or cache is None
+        or cache.get_seq_length() != 0
+        or not _can_drop_rows(cache)
+        or generation_config.prefill_chunk_size is not None
+        or model_kwargs.get("inputs_embeds") is not None
+    ):
+        return model._prefill(input_ids, generation_config, model_kwargs, first_iteration)
+    once = torch.tensor(once, device=input_ids.device)
+    rng = [s.clone() for s in _rng_states(input_ids.device)]
+    outputs = model._prefill(
+        input_ids[once],
+        generation_config,
+        {**model_kwargs, **{k: v[once.to(v.device)] for k, v in rows.items()}},
+        first_iteration,
+    )
+    if not all(torch.equal(a, b) for a, b in zip(rng, _rng_states(input_ids.device))):
+        _set_rng_states(rng, input_ids.device)
+        cache.reset()
+        return model._prefill(input_ids, generation_config, model_kwargs, first_iteration)
+    copies = torch.tensor(copies, device=input_ids.device)
+    cache.batch_select_indices(copies)
+    outputs.logits = outputs.logits[copies.to(outputs.logits.device)]
+    return outputs
+
+
+def _has_rows(value, n: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n
 
 
 def _drop_finished(unfinished: torch.Tensor, model_kwargs: dict, logits_processor) -> None:
