@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in stages:
             flag = decide(s, state_dir(cfg)).describe()
             runner = " ".join(s.launcher) if s.launcher else "python"
-            print(f"{s.name:13s} {flag:10s} {runner} -m {s.module} {' '.join(s.args)}")
+            env = "".join(f"{k}={v} " for k, v in s.env.items())
+            print(f"{s.name:13s} {flag:10s} {env}{runner} -m {s.module} {' '.join(s.args)}")
             for key, value in (s.config or {}).items():
                 print(f"{'':25s}{key}: {value}")
         return 0
