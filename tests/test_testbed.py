@@ -552,12 +552,12 @@ def test_smollm2_fetch_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_two_threads_train_the_default_testbed_bit_for_bit_as_one():
-    """The pipeline builds the testbed on 2 threads (``testbed_threads``) because on this
+    """The pipeline builds the testbed on 2 threads (``stage_threads``) because on this
     machine that gives the same weights as 1: at the default testbed's sizes, MKL's matmuls
     split rows and columns between threads, not the sum, and every reduction is too small
     to be split. Checked here on the default model and batches for a few SFT steps (the full
     400-step build was compared once: identical); if a machine's BLAS splits differently,
-    this fails, and ``--testbed_threads 1`` is the setting there."""
+    this fails, and ``--stage_threads '{testbed: 1}'`` is the setting there."""
     cfg = tb.make_config("default", steps=3)
     data = tb.make_data(cfg)
     completions = tb.teacher_completions(data["train"], cfg)

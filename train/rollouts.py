@@ -307,6 +307,14 @@ def _prefill_once_per_prompt(model, input_ids, generation_config, model_kwargs):
     first_iteration = not generation_config.is_assistant
     n = input_ids.shape[0]
     cache = model_kwargs.get("cache")
+    if (
+        cache is None
+        or cache.get_seq_length() != 0
+        or not _can_drop_rows(cache)
+        or generation_config.prefill_chunk_size is not None
+        or model_kwargs.get("inputs_embeds") is not None
+    ):
+        return model._prefill(input_ids, generation_config, model_kwargs, first_iteration)
     rows = {k: v for k, v in model_kwargs.items() if k in _ROW_INPUTS and _has_rows(v, n)}
     # a row is its prompt ids and its other per-row inputs (the padding mask, ...)
     rows_as_lists = torch.cat([input_ids, *[v.reshape(n, -1) for v in rows.values()]], 1).tolist()
@@ -317,17 +325,10 @@ def _prefill_once_per_prompt(model, input_ids, generation_config, model_kwargs):
             distinct[row] = len(once)
             once.append(i)
         copies.append(distinct[row])
-    if (
-        len(once) == n
-        or cache is None
-        or cache.get_seq_length() != 0
-        or not _can_drop_rows(cache)
-        or generation_config.prefill_chunk_size is not None
-        or model_kwargs.get("inputs_embeds") is not None
-    ):
+    if len(once) == n:
         return model._prefill(input_ids, generation_config, model_kwargs, first_iteration)
     once = torch.tensor(once, device=input_ids.device)
-    rng = [s.clone() for s in _rng_states(input_ids.device)]
+    rng = _rng_states(input_ids.device)  # copies of the generators' states
     outputs = model._prefill(
         input_ids[once],
         generation_config,
@@ -345,6 +346,7 @@ def _prefill_once_per_prompt(model, input_ids, generation_config, model_kwargs):
 
 
 def _has_rows(value, n: int) -> bool:
+    """Whether ``value`` is a tensor with one entry per batch row (``n`` rows)."""
     return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n
 
 
@@ -355,14 +357,14 @@ def _drop_finished(unfinished: torch.Tensor, model_kwargs: dict, logits_processo
     keep = unfinished.nonzero().squeeze(1)
     for key in _ROW_INPUTS:
         value = model_kwargs.get(key)
-        if isinstance(value, torch.Tensor) and value.shape[0] == n:  # not (1, length) ids
+        if _has_rows(value, n):  # not (1, length) ids
             model_kwargs[key] = value[keep.to(value.device)]
     if model_kwargs.get("cache") is not None:
         model_kwargs["cache"].batch_select_indices(keep)
     for p in logits_processor:
         for name in _ROW_STATE.get(type(p).__name__, ()):
             value = getattr(p, name)
-            if isinstance(value, torch.Tensor) and value.shape[0] == n:
+            if _has_rows(value, n):
                 setattr(p, name, value[keep.to(value.device)])
 
 
